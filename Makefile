@@ -1,0 +1,45 @@
+# tracerd: `make help` lists the targets. `make demo` and `make test` work from a
+# fresh machine (they run `make setup` first, which is idempotent).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TRACERD := $(VENV)/bin/tracerd
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test unit privileged lint typecheck check syscalls fixtures bench-kernel clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, root)
+	@bash tools/setup.sh
+
+demo: setup ## trace the bundled sample workload and print the strace -c style summary
+	$(TRACERD) run --per-process --percentiles -- sh examples/workload.sh
+
+test: setup lint typecheck ## run every test (unit + privileged BPF), as CI does
+	$(PY) tools/gen_syscalls.py --check
+	$(PY) -m pytest -q -ra tests
+
+unit: setup ## fast pure-logic tests only
+	$(PY) -m pytest -q tests/unit
+
+privileged: setup ## real-BPF tests only (root)
+	$(PY) -m pytest -q -ra tests/privileged
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check tracerd tests tools bench
+
+typecheck: setup ## mypy (strict)
+	$(VENV)/bin/mypy
+
+check: lint typecheck ## lint and type-check
+
+syscalls: setup ## regenerate the syscall tables from tools/syscall-tables/
+	$(PY) tools/gen_syscalls.py
+
+bench-kernel: setup ## in-kernel and wall cost per syscall vs empty programs (bench/kernel_cost)
+	$(PY) bench/kernel_cost.py
+
+clean: ## remove the virtualenv and build outputs
+	rm -rf $(VENV) build *.egg-info tests/fixtures/bin .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * tracerd kernel side: exact per-(process, syscall) accounting for tracked
+ * processes only, compiled by BCC with -I bpf/ and the -D limits of syscount.h.
+ *
+ * Hot path cost notes (measured by bench/kernel_cost):
+ *  - raw tracepoints on sys_enter/sys_exit: no per-event argument marshalling;
+ *  - the tracked test is one array lookup by tgid, which the verifier inlines,
+ *    so an untracked process pays almost nothing beyond the attached hook;
+ *  - entry times live in the same array, indexed by tid: no hash update and
+ *    delete per syscall, no per-thread state that outlives its thread;
+ *  - counters are per-CPU: plain increments, no atomics, no cache-line bouncing
+ *    between the threads of one process on different CPUs.
+ */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/sched.h> /* CLONE_THREAD; the uapi header keeps compile time low */
+#include "syscount.h"
+
+BPF_ARRAY(pids, struct pid_state, PID_MAX);
+BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count_drop(__u32 idx)
+{
+	__u64 *c = counters.lookup(&idx);
+	if (c)
+		(*c)++;
+}
+
+/* floor(log2(v)) without __builtin_clzll, which BCC's LLVM cannot lower to BPF. */
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r = (v > 0xFFFFFFFFULL) << 5;
+	v >>= r;
+	__u32 s = (v > 0xFFFF) << 4;
+	v >>= s;
+	r |= s;
+	s = (v > 0xFF) << 3;
+	v >>= s;
+	r |= s;
+	s = (v > 0xF) << 2;
+	v >>= s;
+	r |= s;
+	s = (v > 0x3) << 1;
+	v >>= s;
+	r |= s;
+	return r | (__u32)(v >> 1);
+}
+
+static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr)
+{
+	struct stats_key key = {.tgid = tgid, .nr = nr};
+	struct stats_val *s = stats.lookup(&key);
+	if (s)
+		return s;
+	/* First call of this syscall by this process: insert a zeroed entry.
+	 * EEXIST means a concurrent insert on another CPU won the race; the entry
+	 * is per-CPU, so looking it up again is all that is needed. */
+	struct stats_val zero = {};
+	int err = stats.insert(&key, &zero);
+	if (err && err != -EEXIST) {
+		count_drop(C_STATS_FULL);
+		return 0;
+	}
+	s = stats.lookup(&key);
+	if (!s)
+		count_drop(C_STATS_FULL);
+	return s;
+}
+
+static __always_inline struct pid_state *tracked_process(__u32 tgid)
+{
+	struct pid_state *g = pids.lookup(&tgid);
+	if (!g || !g->tracked)
+		return 0;
+	return g;
+}
+
+static __always_inline void emit(__u32 type, __u32 pid, __u32 ppid, __s32 code)
+{
+	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	if (!e) {
+		count_drop(C_EVENTS_LOST);
+		return;
+	}
+	e->type = type;
+	e->pid = pid;
+	e->ppid = ppid;
+	e->exit_code = code;
+	e->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	e->filename[0] = 0;
+	events.ringbuf_submit(e, 0);
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct pid_state *g = tracked_process(tgid);
+	if (!g)
+		return 0; /* untracked: nothing touched but the pid array */
+	struct pid_state *t = tid == tgid ? g : pids.lookup(&tid);
+	if (!t)
+		return 0;
+	/* The call is counted when it returns, or at thread exit if it never does
+	 * (exit, exit_group, or a thread killed inside a blocking call). */
+	t->nr = (__u32)ctx->args[1];
+	t->start_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct pid_state *g = tracked_process(tgid);
+	if (!g)
+		return 0;
+	struct pid_state *t = tid == tgid ? g : pids.lookup(&tid);
+	/* start_ns == 0: no matching entry, e.g. a child returning from fork, or
+	 * a process that became tracked while inside this call. */
+	if (!t || !t->start_ns)
+		return 0;
+	__u64 delta = bpf_ktime_get_ns() - t->start_ns;
+	__u32 nr = t->nr;
+	t->start_ns = 0;
+	long ret = (long)ctx->args[1];
+
+	struct stats_val *s = stats_slot(tgid, nr);
+	if (!s)
+		return 0;
+	s->calls++;
+	if (ret < 0 && ret >= -ERRNO_MAX)
+		s->errors++;
+	s->total_ns += delta;
+	if (delta > s->max_ns)
+		s->max_ns = delta;
+	__u32 b = log2_u64(delta);
+	if (b >= HIST_BUCKETS)
+		b = HIST_BUCKETS - 1;
+	s->hist[b]++;
+	return 0;
+}
+
+/* Processes (not threads) forked by a tracked process are tracked before they
+ * can run: task_newtask fires in the parent inside copy_process(), before the
+ * child is woken, so there is no window in which the child runs untracked. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	if (args->clone_flags & CLONE_THREAD)
+		return 0; /* threads are counted through their tgid's slot */
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pid_state *g = tracked_process(tgid);
+	if (!g)
+		return 0;
+	__u32 child = args->pid;
+	struct pid_state *c = pids.lookup(&child);
+	if (!c) {
+		count_drop(C_PID_RANGE);
+		return 0;
+	}
+	c->start_ns = 0;
+	c->nr = 0;
+	c->tracked = g->tracked;
+	emit(EV_FORK, child, tgid, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pid_state *g = tracked_process(tgid);
+	if (!g)
+		return 0;
+	__u32 old = args->old_pid;
+	if (old != tgid) {
+		/* A non-leader thread exec'd and took over the leader's pid: its
+		 * execve, still in flight, now returns under the tgid's slot. */
+		struct pid_state *o = pids.lookup(&old);
+		if (o) {
+			g->start_ns = o->start_ns;
+			g->nr = o->nr;
+			o->start_ns = 0;
+			o->tracked = 0;
+		}
+	}
+	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	if (!e) {
+		count_drop(C_EVENTS_LOST);
+		return 0;
+	}
+	e->type = EV_EXEC;
+	e->pid = tgid;
+	e->ppid = 0;
+	e->exit_code = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct pid_state *t = pids.lookup(&tid);
+	if (!t)
+		return 0;
+	struct pid_state *g = tid == tgid ? t : pids.lookup(&tgid);
+	if (g && g->tracked) {
+		if (t->start_ns) {
+			/* The call this thread is in will never return: count it, untimed. */
+			struct stats_val *s = stats_slot(tgid, t->nr);
+			if (s)
+				s->calls++;
+		}
+		if (args->group_dead) {
+			__s32 code = -1;
+			if (TASK_EXIT_CODE_OFF >= 0) {
+				void *task = (void *)bpf_get_current_task();
+				bpf_probe_read_kernel(&code, sizeof(code), task + TASK_EXIT_CODE_OFF);
+			}
+			emit(EV_EXIT, tgid, 0, code);
+		}
+	}
+	/* Leave nothing behind for whoever reuses these pid numbers. A leader that
+	 * exits before its threads keeps the process flag until the group dies. */
+	t->start_ns = 0;
+	t->nr = 0;
+	if (tid != tgid)
+		t->tracked = 0;
+	if (args->group_dead && g)
+		g->tracked = 0;
+	return 0;
+}

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tracerd: structs and limits shared by the kernel side (syscount.bpf.c) and
+ * user space (tracerd/_probe.py mirrors every struct here with ctypes; a
+ * root-only test checks the two layouts match).
+ *
+ * Limits are configured with -D cflags at load time, never by editing text.
+ */
+#ifndef TRACERD_SYSCOUNT_H
+#define TRACERD_SYSCOUNT_H
+
+/* Entries of the per-pid array: /proc/sys/kernel/pid_max at load time. A pid at
+ * or above it cannot be tracked; forks that produce one count as drops. */
+#ifndef PID_MAX
+#define PID_MAX 32768
+#endif
+
+/* (tgid, syscall) aggregates alive at once. Entries of exited processes are
+ * deleted by the drain, so this bounds live tracked processes x syscalls used. */
+#ifndef MAX_STATS
+#define MAX_STATS 65536
+#endif
+
+/* Pages of the lifecycle ring buffer (power of two). */
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 64
+#endif
+
+/* Byte offset of task_struct.exit_code, read from the running kernel's BTF by
+ * user space (the installed headers need not match the running kernel).
+ * Negative: unknown, exit codes of descendants are then reported as unknown. */
+#ifndef TASK_EXIT_CODE_OFF
+#define TASK_EXIT_CODE_OFF -1
+#endif
+
+#define HIST_BUCKETS 32
+#define COMM_LEN 16
+#define FILENAME_LEN 256
+#define ERRNO_MAX 4095
+
+/* One slot per pid number. Thread ids and process ids share that number space,
+ * so a single array serves both roles: every thread keeps its syscall entry time
+ * in its own slot, and the slot of a thread-group leader (tgid) also carries the
+ * tracked flag for the whole process. The array is fixed-size and indexed, so
+ * nothing grows with the threads ever seen, and the lookup is inlined by the
+ * verifier (no hashing on the path of untracked processes). */
+struct pid_state {
+	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter, 0 when not in a syscall */
+	__u32 nr;       /* syscall number seen at sys_enter */
+	__u32 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
+};
+
+struct stats_key {
+	__u32 tgid;
+	__u32 nr;
+};
+
+/* Per-CPU, so the hot path needs no atomics; user space sums the CPUs. */
+struct stats_val {
+	__u64 calls;
+	__u64 errors;    /* return value in [-4095, -1] */
+	__u64 total_ns;  /* time between sys_enter and sys_exit, summed */
+	__u64 max_ns;
+	__u32 hist[HIST_BUCKETS]; /* hist[i]: 2^i <= ns < 2^(i+1); 0 in bucket 0 */
+};
+
+enum event_type {
+	EV_FORK = 1, /* a tracked process forked: pid is the child, ppid the parent */
+	EV_EXEC = 2, /* a tracked process exec'd: comm and filename are the new ones */
+	EV_EXIT = 3, /* the last thread of a tracked process exited */
+};
+
+struct event {
+	__u32 type;      /* enum event_type */
+	__u32 pid;       /* tgid of the process the event is about */
+	__u32 ppid;      /* EV_FORK: tgid of the forking process */
+	__s32 exit_code; /* EV_EXIT: raw task->exit_code, -1 when unknown */
+	__u64 ts_ns;     /* bpf_ktime_get_ns() when it happened */
+	char comm[COMM_LEN];
+	char filename[FILENAME_LEN]; /* EV_EXEC only */
+};
+
+/* Indexes of the per-CPU drop counters. */
+enum counter_idx {
+	C_STATS_FULL = 0, /* a syscall not counted: stats map full */
+	C_EVENTS_LOST = 1, /* a lifecycle event lost: ring buffer full */
+	C_PID_RANGE = 2,   /* a fork whose child pid is >= PID_MAX */
+	NR_COUNTERS = 3,
+};
+
+#endif /* TRACERD_SYSCOUNT_H */

@@ -1,0 +1,100 @@
+"""Exact counts on the real kernel: every number here is known in advance."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from conftest import by_name, traced_json
+
+
+def _roles(stdout: str) -> dict[str, int]:
+    return {role: int(pid) for role, pid in (line.split() for line in stdout.splitlines())}
+
+
+def test_exact_counts_per_process(tmp_path: Path, fixture_bin: Path) -> None:
+    n, threads = 1000, 4
+    report, proc = traced_json(tmp_path, [str(fixture_bin), "exact", str(n), str(threads)])
+    assert proc.returncode == 0, proc.stderr
+    roles = _roles(proc.stdout)
+    procs = {p["pid"]: p for p in report["processes"]}
+    assert set(procs) == set(roles.values())
+
+    parent = by_name(procs[roles["parent"]]["syscalls"])
+    assert (parent["getppid"]["calls"], parent["getppid"]["errors"]) == (n, 0)
+    assert (parent["getpgid"]["calls"], parent["getpgid"]["errors"]) == (n, n)
+    assert (parent["sched_yield"]["calls"], parent["sched_yield"]["errors"]) == (threads * n, 0)
+    # Each worker thread ends with exit(2); the process with one exit_group.
+    assert parent["exit"]["calls"] == threads
+    assert parent["exit_group"]["calls"] == 1
+    assert parent["execve"]["calls"] == 1
+
+    child = by_name(procs[roles["child"]]["syscalls"])
+    assert (child["getppid"]["calls"], child["getsid"]["calls"], child["getsid"]["errors"]) == (
+        2 * n, n, n)
+    assert "getpgid" not in child and "sched_yield" not in child and "execve" not in child
+
+    grandchild = by_name(procs[roles["grandchild"]]["syscalls"])
+    assert (grandchild["getppid"]["calls"], grandchild["umask"]["calls"]) == (3 * n, n)
+    assert "getsid" not in grandchild
+
+    assert procs[roles["child"]]["ppid"] == roles["parent"]
+    assert procs[roles["grandchild"]]["ppid"] == roles["child"]
+    assert procs[roles["grandchild"]]["exit"]["code"] == 3
+    assert procs[roles["child"]]["exit"]["code"] == 0
+    assert report["exit"]["status"] == 0
+
+    totals = by_name(report["totals"]["syscalls"])
+    assert totals["getppid"]["calls"] == 6 * n
+    assert report["drops"] == {"stats_full": 0, "events_lost": 0, "pid_out_of_range": 0}
+    # Every returned call is timed and lands in exactly one histogram bucket.
+    for s in report["totals"]["syscalls"]:
+        if s["name"] not in ("exit", "exit_group"):
+            assert sum(s["histogram"]) == s["calls"], s["name"]
+            assert s["max_ns"] <= s["total_ns"]
+
+
+def test_twenty_thousand_short_lived_threads(tmp_path: Path, fixture_bin: Path) -> None:
+    # BCC syscount stops counting after 10,240 threads (its start map never shrinks).
+    k = 20_000
+    report, proc = traced_json(tmp_path, [str(fixture_bin), "threads", str(k)])
+    assert proc.returncode == 0, proc.stderr
+    totals = by_name(report["totals"]["syscalls"])
+    assert totals["getppid"]["calls"] == k
+    assert totals["exit"]["calls"] == k
+
+
+def test_exit_group_and_signal_death(tmp_path: Path, fixture_bin: Path) -> None:
+    report, proc = traced_json(tmp_path, [str(fixture_bin), "killself"])
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert report["exit"]["signal"] == signal.SIGKILL and report["exit"]["code"] is None
+    root = report["processes"][0]
+    assert root["exit"]["signal"] == signal.SIGKILL
+    # kill(2) returns before the signal is acted on, so it is a normal, timed call.
+    assert by_name(root["syscalls"])["kill"]["calls"] == 1
+    assert "exit_group" not in by_name(root["syscalls"])
+
+
+def test_calls_interrupted_by_exit_group(tmp_path: Path, fixture_bin: Path) -> None:
+    threads = 8
+    report, proc = traced_json(tmp_path, [str(fixture_bin), "stuck", str(threads)])
+    assert proc.returncode == 0, proc.stderr
+    calls = by_name(report["totals"]["syscalls"])
+    # exit_group kills the threads blocked in read(2): each read still returns through
+    # sys_exit (with -ERESTARTSYS) before the thread dies, so it is counted, as an
+    # error; the loader's one read of libc succeeds. exit_group itself never returns.
+    assert (calls["read"]["calls"], calls["read"]["errors"]) == (threads + 1, threads)
+    assert calls["exit_group"]["calls"] == 1
+    assert sum(calls["exit_group"]["histogram"]) == 0  # counted at thread exit, untimed
+    assert "exit" not in calls  # the threads died in the group exit, not by exit(2)
+
+
+def test_descendant_exit_codes_from_btf(tmp_path: Path) -> None:
+    script = "sh -c 'exit 7'; sh -c 'kill -TERM $$'; exit 5"
+    report, proc = traced_json(tmp_path, ["sh", "-c", script])
+    assert proc.returncode == 5
+    exits = {
+        (p["exit"]["code"], p["exit"]["signal"])
+        for p in report["processes"] if p["pid"] != report["root_pid"]
+    }
+    assert exits == {(None, signal.SIGTERM), (7, None)}

@@ -1,0 +1,317 @@
+"""The kernel boundary: the only module that imports bcc.
+
+It compiles bpf/syscount.bpf.c with -D limits, attaches it, and turns map contents
+and ring-buffer records into plain dataclasses. Nothing above this module sees a
+ctypes object or a BCC table.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _btf
+from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
+from .model import HIST_BUCKETS, Drops, LifecycleEvent, SyscallStats
+
+_C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE = 0, 1, 2
+
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+_TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+# ctypes mirrors of bpf/syscount.h; tests/privileged/test_layout.py checks them
+# against the layout BCC compiled.
+class PidState(ct.Structure):
+    _fields_ = [("start_ns", ct.c_uint64), ("nr", ct.c_uint32), ("tracked", ct.c_uint32)]
+
+
+class StatsKey(ct.Structure):
+    _fields_ = [("tgid", ct.c_uint32), ("nr", ct.c_uint32)]
+
+
+class StatsVal(ct.Structure):
+    _fields_ = [
+        ("calls", ct.c_uint64),
+        ("errors", ct.c_uint64),
+        ("total_ns", ct.c_uint64),
+        ("max_ns", ct.c_uint64),
+        ("hist", ct.c_uint32 * HIST_BUCKETS),
+    ]
+
+
+class Event(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("pid", ct.c_uint32),
+        ("ppid", ct.c_uint32),
+        ("exit_code", ct.c_int32),
+        ("ts_ns", ct.c_uint64),
+        ("comm", ct.c_char * 16),
+        ("filename", ct.c_char * 256),
+    ]
+
+
+#: Map name -> (key struct, value struct) as declared in syscount.bpf.c.
+MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure]]] = {
+    "pids": (None, PidState),
+    "stats": (StatsKey, StatsVal),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes the BPF maps are built with (the -D cflags)."""
+
+    pid_max: int
+    max_stats: int = 65536
+    ringbuf_pages: int = 64
+
+    @classmethod
+    def for_this_kernel(cls, **overrides: int) -> Limits:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        return cls(pid_max=overrides.pop("pid_max", pid_max), **overrides)
+
+
+def bpf_source_dir() -> Path:
+    """Where syscount.bpf.c lives: the source tree, or the installed data files."""
+    for cand in (
+        Path(__file__).resolve().parent.parent / "bpf",
+        Path(sys.prefix) / "share" / "tracerd" / "bpf",
+    ):
+        if (cand / "syscount.bpf.c").is_file():
+            return cand
+    raise TracerdError("bpf/syscount.bpf.c not found: is tracerd installed completely?")
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privilege() -> None:
+    caps = _effective_caps()
+    if caps & (1 << _CAP_SYS_ADMIN):
+        return
+    if caps & (1 << _CAP_BPF) and caps & (1 << _CAP_PERFMON):
+        return
+    raise NoPrivilege("loading BPF needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
+
+
+def check_headers() -> None:
+    if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if not (build / "include").is_dir():
+        raise HeadersMissing(
+            f"no kernel headers at {build}: run 'make setup' (links the installed "
+            "linux-headers tree) or install linux-headers-$(uname -r)"
+        )
+
+
+def ensure_tracefs() -> None:
+    """BCC reads tracepoint formats from tracefs; mount it if nobody did."""
+    if any((p / "events").is_dir() for p in _TRACEFS):
+        return
+    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
+    if rc != 0 or not (_TRACEFS[0] / "events").is_dir():
+        raise BpfUnusable("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def _import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as e:
+        raise BccMissing(
+            f"BCC's Python module cannot be imported ({e}): install the OS package "
+            "python3-bpfcc (apt-get install python3-bpfcc), not the unrelated PyPI 'bcc'"
+        ) from None
+    return bcc
+
+
+def _to_stats(v: StatsVal) -> SyscallStats:
+    return SyscallStats(
+        calls=v.calls, errors=v.errors, total_ns=v.total_ns, max_ns=v.max_ns, hist=list(v.hist)
+    )
+
+
+def _sum_cpus(values: Iterable[StatsVal]) -> SyscallStats:
+    out = SyscallStats()
+    for v in values:
+        out.add(_to_stats(v))
+    return out
+
+
+class Probe:
+    """The loaded and attached BPF programs; use as a context manager."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits.for_this_kernel()
+        self._bpf: Any = None
+        self._events: list[LifecycleEvent] = []
+        self._ncpus = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def open(self) -> Probe:
+        bcc = _import_bcc()
+        check_privilege()
+        check_headers()
+        ensure_tracefs()
+        src = bpf_source_dir()
+        try:
+            exit_off = _btf.member_offset("task_struct", "exit_code")
+        except _btf.BTFError:
+            exit_off = -1  # descendants' exit codes will be reported as unknown
+        cflags = [
+            f"-I{src}",
+            f"-DPID_MAX={self.limits.pid_max}",
+            f"-DMAX_STATS={self.limits.max_stats}",
+            f"-DRINGBUF_PAGES={self.limits.ringbuf_pages}",
+            f"-DTASK_EXIT_CODE_OFF={exit_off}",
+            "-w",  # header-version warnings would land in the user's terminal
+        ]
+        try:
+            self._bpf = bcc.BPF(src_file=str(src / "syscount.bpf.c").encode(), cflags=cflags)
+        except Exception as e:  # BCC raises bare Exception for compile/load/attach
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BpfUnusable(f"cannot load the BPF programs: {first}") from None
+        self._ncpus = len(bcc.utils.get_possible_cpus())
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        return self
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> Probe:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table(self, name: str) -> Any:
+        """The raw BCC table (tests and the layout check only)."""
+        return self._bpf[name]
+
+    # -- tracking ------------------------------------------------------------------
+    def track(self, pid: int) -> None:
+        """Count every syscall of process ``pid`` (and of processes it forks from now on)."""
+        if not 0 < pid < self.limits.pid_max:
+            raise TracerdError(f"pid {pid} is outside 1..{self.limits.pid_max - 1}")
+        self._bpf["pids"][ct.c_int(pid)] = PidState(0, 0, 1)
+
+    def untrack(self, pid: int) -> None:
+        # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
+        # that thread exits; only a later re-track of the same process could see it.
+        if 0 < pid < self.limits.pid_max:
+            self._bpf["pids"][ct.c_int(pid)] = PidState(0, 0, 0)
+
+    def is_tracked(self, pid: int) -> bool:
+        return bool(self._bpf["pids"][ct.c_int(pid)].tracked)
+
+    # -- reading ---------------------------------------------------------------------
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
+        e = ct.cast(data, ct.POINTER(Event)).contents
+        self._events.append(
+            LifecycleEvent(
+                type=e.type,
+                pid=e.pid,
+                ppid=e.ppid,
+                exit_code=None if e.exit_code < 0 else e.exit_code,
+                ts_ns=e.ts_ns,
+                comm=e.comm.decode(errors="replace"),
+                filename=e.filename.decode(errors="replace"),
+            )
+        )
+
+    def poll_events(self, timeout_ms: int) -> list[LifecycleEvent]:
+        """Wait up to ``timeout_ms`` for lifecycle events and return those that arrived."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out, self._events = self._events, []
+        return out
+
+    def read_stats(self) -> dict[tuple[int, int], SyscallStats]:
+        """Cumulative (tgid, nr) -> stats, summed over CPUs, without changing the map.
+
+        Counters only grow while a process lives, so reading without clearing loses
+        nothing; entries are removed only once their process is gone (delete_stats).
+        """
+        out: dict[tuple[int, int], SyscallStats] = {}
+        for key, per_cpu in self._lookup_batch():
+            out[(key.tgid, key.nr)] = _sum_cpus(per_cpu)
+        return out
+
+    def delete_stats(self, tgids: Iterable[int]) -> dict[tuple[int, int], SyscallStats]:
+        """Read and remove the entries of processes that have exited.
+
+        Deleting is only safe once no thread of the tgid can make a syscall, which the
+        EV_EXIT event (emitted at group death) guarantees: no update can race the delete.
+        """
+        wanted = set(tgids)
+        if not wanted:
+            return {}
+        table = self._bpf["stats"]
+        final: dict[tuple[int, int], SyscallStats] = {}
+        for key, per_cpu in self._lookup_batch():
+            if key.tgid in wanted:
+                final[(key.tgid, key.nr)] = _sum_cpus(per_cpu)
+                try:
+                    del table[StatsKey(key.tgid, key.nr)]
+                except KeyError:
+                    pass
+        return final
+
+    def _lookup_batch(self) -> list[tuple[StatsKey, list[StatsVal]]]:
+        """BPF_MAP_LOOKUP_BATCH over the per-CPU stats map.
+
+        BCC's own batch helper sizes values as one CPU's, which overruns for per-CPU
+        maps; here each value slot holds one aligned copy per possible CPU.
+        """
+        import bcc
+
+        table = self._bpf["stats"]
+        chunk = 4096
+        per_cpu_size = (ct.sizeof(StatsVal) + 7) & ~7
+        keys = (StatsKey * chunk)()
+        vals = (ct.c_uint8 * (per_cpu_size * self._ncpus * chunk))()
+        token = ct.c_uint32(0)
+        out: list[tuple[StatsKey, list[StatsVal]]] = []
+        first = True
+        while True:
+            count = ct.c_uint32(chunk)
+            rc = bcc.libbcc.lib.bpf_lookup_batch(
+                table.map_fd,
+                None if first else ct.byref(token),
+                ct.byref(token),
+                ct.cast(keys, ct.c_void_p),
+                ct.cast(vals, ct.c_void_p),
+                ct.byref(count),
+            )
+            err = ct.get_errno()
+            first = False
+            for i in range(count.value):
+                base = i * per_cpu_size * self._ncpus
+                cpus = [
+                    StatsVal.from_buffer_copy(vals, base + c * per_cpu_size)
+                    for c in range(self._ncpus)
+                ]
+                out.append((StatsKey(keys[i].tgid, keys[i].nr), cpus))
+            if rc != 0:
+                if err == errno.ENOENT:
+                    return out
+                raise BpfUnusable(f"reading the stats map failed: {os.strerror(err)}")
+
+    def drops(self) -> Drops:
+        per_cpu = self._bpf["counters"]
+        vals = [sum(per_cpu[ct.c_int(i)]) for i in range(3)]
+        return Drops(stats_full=vals[_C_STATS_FULL], events_lost=vals[_C_EVENTS_LOST],
+                     pid_out_of_range=vals[_C_PID_RANGE])

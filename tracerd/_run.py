@@ -1,0 +1,245 @@
+"""``tracerd run``: trace a command and its descendants, or attach to a running process.
+
+The command is tracked before it executes anything, with strace's own handshake: the
+forked child stops itself with SIGSTOP; tracerd sees the stop (waitpid WUNTRACED), marks
+the child's pid as tracked in the kernel, and sends SIGCONT. The child's kill(2) had
+already returned when it stopped, and its next syscall is the execve, so the first call
+counted is the execve itself, exactly as under ``strace -f``. (A pipe read instead would
+race: the parent could mark the child before the child reached the read.) Processes it
+forks are tracked by the kernel itself (task_newtask), before they can run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._aggregate import Aggregate, read_cmdline
+from ._errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, NoSuchProcess, TracerdError
+from ._probe import Probe
+from .model import Drops, ExitStatus, ProcessInfo, Report
+
+#: How long one ring-buffer poll may block; bounds how late a missed exit is noticed.
+POLL_MS = 100
+
+
+@dataclass
+class Outcome:
+    report: Report
+    status: int  #: what tracerd exits with (CMD's status, as a shell reports it)
+    interrupted: str | None = None  #: why tracing stopped early, if it did
+
+
+def resolve_command(name: str) -> str:
+    """The path execve will run, with a shell's 127/126 errors."""
+    path = name if "/" in name else shutil.which(name)
+    if path is None or not os.path.exists(path):
+        raise TracerdError(f"{name}: command not found", EXIT_NOT_FOUND)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise TracerdError(f"{name}: permission denied", EXIT_NOT_EXECUTABLE)
+    return path
+
+
+def _sudo_credentials() -> tuple[int, int, list[int]] | None:
+    """Under sudo, CMD runs as the invoking user, as it would without tracerd."""
+    if os.geteuid() != 0 or "SUDO_UID" not in os.environ:
+        return None
+    uid, gid = int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", "0"))
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        groups = [gid]
+    return uid, gid, groups
+
+
+def _spawn_stopped(path: str, argv: list[str]) -> tuple[int, int]:
+    """Fork a child that stops itself, then execve's ``path`` once continued.
+
+    Returns (pid, err_fd): err_fd yields the errno of a failed execve, or EOF once the
+    exec succeeded (its write end is close-on-exec).
+    """
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    creds = _sudo_credentials()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 127
+        try:
+            os.close(err_r)
+            if creds is not None:
+                uid, gid, groups = creds
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
+            for sig in (signal.SIGINT, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            # Nothing but execve from here on.
+            os.execve(path, argv, os.environ)
+        except OSError as e:
+            code = EXIT_NOT_EXECUTABLE if e.errno in (errno.EACCES, errno.ENOEXEC) else 127
+            try:
+                os.write(err_w, str(e.errno or 0).encode())
+            except OSError:
+                pass
+        os._exit(code)
+    os.close(err_w)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):  # the child failed before it could stop
+        os.close(err_r)
+        raise TracerdError(f"{argv[0]}: could not start", EXIT_NOT_FOUND)
+    return pid, err_r
+
+
+class Tracer:
+    """Drives one trace: polls events, moves dead processes' counts out of the map."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.agg = Aggregate()
+        self.start_ns = time.monotonic_ns()
+
+    def step(self, timeout_ms: int = POLL_MS) -> None:
+        gone = self.agg.on_events(self.probe.poll_events(timeout_ms))
+        if gone:
+            self.agg.add_done(self.probe.delete_stats(gone))
+
+    def live(self) -> list[int]:
+        """Known processes the kernel still tracks (it clears the flag at group death,
+        so this holds even if an exit event was lost)."""
+        return [p for p in self.agg.processes if p not in self.agg.exited and self.probe.is_tracked(p)]
+
+    def finish(self, *, command: list[str], root_pid: int, exit: ExitStatus | None) -> Report:
+        self.step(0)  # events already in the ring buffer
+        for pid in self.live():
+            self.probe.untrack(pid)
+        self.agg.add_done(self.probe.delete_stats(self.agg.processes))
+        drops: Drops = self.probe.drops()
+        uname = os.uname()
+        return self.agg.report(command=command, arch=uname.machine, kernel=uname.release,
+                               root_pid=root_pid, start_ns=self.start_ns,
+                               end_ns=time.monotonic_ns(), exit=exit, drops=drops)
+
+
+def _deadline(duration: float | None) -> float | None:
+    return time.monotonic() + duration if duration is not None else None
+
+
+def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
+                on_started: Callable[[int], None] | None = None) -> Outcome:
+    path = resolve_command(argv[0])
+    tracer = Tracer(probe)
+    # CMD owns the terminal's interrupt keys; tracerd waits for it, as time(1) does.
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        pid, err_r = _spawn_stopped(path, argv)
+        probe.track(pid)
+        tracer.agg.add_process(ProcessInfo(pid=pid, ppid=os.getpid(), argv=list(argv),
+                                           filename=path, start_ns=time.monotonic_ns()))
+        os.kill(pid, signal.SIGCONT)
+        failed = os.read(err_r, 16)
+        os.close(err_r)
+        if failed:
+            os.waitpid(pid, 0)
+            err = int(failed)
+            status = EXIT_NOT_EXECUTABLE if err in (errno.EACCES, errno.ENOEXEC) else EXIT_NOT_FOUND
+            raise TracerdError(f"{argv[0]}: {os.strerror(err)}", status)
+        if on_started:
+            on_started(pid)
+        forward = _forward_signals(pid)
+        deadline = _deadline(duration)
+        wait_status: int | None = None
+        interrupted = None
+        while True:
+            tracer.step()
+            if wait_status is None:
+                wpid, st = os.waitpid(pid, os.WNOHANG)
+                if wpid:
+                    wait_status = st
+                    # Events emitted before CMD became waitable (its last forks
+                    # among them) must be seen before deciding who is still live.
+                    tracer.step(0)
+            # Like strace -f, wait for every traced descendant, not just CMD.
+            if wait_status is not None and not tracer.live():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                interrupted = "duration limit reached"
+                break
+        exit = ExitStatus.from_wait_status(wait_status) if wait_status is not None else None
+        report = tracer.finish(command=list(argv), root_pid=pid, exit=exit)
+        if exit is not None and pid in report.processes:
+            report.processes[pid].exit = exit
+        if wait_status is None:
+            # Tracing stopped on --duration: the summary is final, CMD goes on; its
+            # status is still what tracerd returns.
+            _, st = os.waitpid(pid, 0)
+            exit = ExitStatus.from_wait_status(st)
+        for s in forward:
+            signal.signal(s, forward[s])
+        return Outcome(report=report, status=exit.shell_status(), interrupted=interrupted)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _forward_signals(pid: int) -> dict[int, object]:
+    """SIGTERM/SIGHUP sent to tracerd go to CMD, which decides; tracerd then reports."""
+    prev: dict[int, object] = {}
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        prev[s] = signal.signal(s, lambda sig, _f: os.kill(pid, sig))
+    return prev
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie never exits again)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def attach(probe: Probe, pid: int, *, duration: float | None = None,
+           on_attached: Callable[[int], None] | None = None) -> Outcome:
+    """Trace a running process and the processes it forks from now on, until it and
+    they exit, Ctrl-C, or ``duration``."""
+    argv = read_cmdline(pid)
+    if argv is None or not _alive(pid):
+        raise NoSuchProcess(f"no such process: {pid}")
+    tracer = Tracer(probe)
+    probe.track(pid)
+    # Checked again after tracking: a process that died in between would otherwise
+    # stay "tracked" forever, its exit having happened before the flag was set.
+    if not _alive(pid):
+        probe.untrack(pid)
+        raise NoSuchProcess(f"no such process: {pid} (it exited while attaching)")
+    comm, ppid = "", 0
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        pass
+    tracer.agg.add_process(ProcessInfo(pid=pid, ppid=ppid, comm=comm, argv=argv,
+                                       start_ns=time.monotonic_ns()))
+    if on_attached:
+        on_attached(pid)
+    deadline = _deadline(duration)
+    interrupted = None
+    try:
+        while tracer.live():
+            tracer.step()
+            if deadline is not None and time.monotonic() >= deadline:
+                interrupted = "duration limit reached"
+                break
+    except KeyboardInterrupt:
+        interrupted = "interrupted"
+    report = tracer.finish(command=argv, root_pid=pid, exit=None)
+    return Outcome(report=report, status=0, interrupted=interrupted)

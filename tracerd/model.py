@@ -1,0 +1,164 @@
+"""Plain data shared by every layer above the probe: no bcc, no grpc here.
+
+Times are nanoseconds on CLOCK_MONOTONIC (the clock of ``bpf_ktime_get_ns``), so
+kernel and user-space timestamps can be compared directly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as _signal
+from dataclasses import dataclass, field
+
+#: log2 latency buckets kept per (process, syscall); must equal HIST_BUCKETS in bpf/syscount.h.
+HIST_BUCKETS = 32
+
+#: Version of the ``--json`` report schema; bump on any incompatible change.
+REPORT_SCHEMA = "tracerd.report/v1"
+
+
+def _empty_hist() -> list[int]:
+    return [0] * HIST_BUCKETS
+
+
+@dataclass
+class SyscallStats:
+    """Aggregate of one syscall number for one process (or a total).
+
+    ``hist[i]`` counts calls whose latency ``d`` satisfies ``2**i <= d < 2**(i+1)`` ns
+    (bucket 0 also holds ``d == 0``; the last bucket holds everything above).
+    """
+
+    calls: int = 0
+    errors: int = 0
+    total_ns: int = 0
+    max_ns: int = 0
+    hist: list[int] = field(default_factory=_empty_hist)
+
+    def add(self, other: SyscallStats) -> None:
+        self.calls += other.calls
+        self.errors += other.errors
+        self.total_ns += other.total_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
+        for i, n in enumerate(other.hist):
+            self.hist[i] += n
+
+    def percentile_ns(self, q: float) -> int | None:
+        """Upper bound of the log2 bucket holding the q-quantile (0 < q <= 1) of timed calls.
+
+        Only calls that returned are timed (``sum(hist)`` may be below ``calls``). The bound is
+        capped by ``max_ns``, which is exact, so p100 is exact and others are within 2x.
+        """
+        timed = sum(self.hist)
+        if timed == 0:
+            return None
+        rank = max(1, -(-int(q * timed * 1_000_000) // 1_000_000))
+        seen = 0
+        for i, n in enumerate(self.hist):
+            seen += n
+            if seen >= rank:
+                return min((1 << (i + 1)) - 1, self.max_ns)
+        return self.max_ns
+
+
+@dataclass
+class ExitStatus:
+    """How a process ended, decoded from the kernel's ``task->exit_code``."""
+
+    code: int | None = None  #: exit(2) status when it exited normally
+    signal: int | None = None  #: terminating signal number when killed
+    core_dumped: bool = False
+
+    @classmethod
+    def from_wait_status(cls, raw: int) -> ExitStatus:
+        if os.WIFSIGNALED(raw):
+            return cls(signal=os.WTERMSIG(raw), core_dumped=os.WCOREDUMP(raw))
+        return cls(code=os.WEXITSTATUS(raw))
+
+    def shell_status(self) -> int:
+        """The status a shell reports: the exit code, or 128 + signal."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.code if self.code is not None else 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
+        if self.code is None:
+            return "exit status unknown"
+        return f"exited with {self.code}"
+
+
+@dataclass
+class ProcessInfo:
+    """One process (thread group) seen by a trace, with its own syscall aggregates."""
+
+    pid: int
+    ppid: int = 0
+    comm: str = ""
+    argv: list[str] = field(default_factory=list)
+    filename: str = ""  #: path passed to the last successful execve, if any
+    start_ns: int = 0  #: when tracking began (fork, exec rule or registration)
+    end_ns: int | None = None
+    exit: ExitStatus | None = None
+    syscalls: dict[int, SyscallStats] = field(default_factory=dict)
+
+
+#: Lifecycle event types (enum event_type in bpf/syscount.h).
+EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A fork, exec or exit of a tracked process, as the kernel reported it."""
+
+    type: int  #: EV_FORK, EV_EXEC or EV_EXIT
+    pid: int  #: the process the event is about (the child, for EV_FORK)
+    ppid: int  #: EV_FORK: the forking process
+    exit_code: int | None  #: EV_EXIT: raw task->exit_code (wait-status encoding), None if unknown
+    ts_ns: int  #: CLOCK_MONOTONIC
+    comm: str
+    filename: str  #: EV_EXEC: the path exec'd
+
+
+@dataclass
+class Drops:
+    """Everything the kernel side could not record; reported, never silent."""
+
+    stats_full: int = 0  #: syscalls not counted because the stats map was full
+    events_lost: int = 0  #: lifecycle records lost because the ring buffer was full
+    pid_out_of_range: int = 0  #: forks whose pid exceeds the array sized at load time
+
+    def total(self) -> int:
+        return self.stats_full + self.events_lost + self.pid_out_of_range
+
+    def add(self, other: Drops) -> None:
+        self.stats_full += other.stats_full
+        self.events_lost += other.events_lost
+        self.pid_out_of_range += other.pid_out_of_range
+
+
+@dataclass
+class Report:
+    """The result of one trace: what ``tracerd run`` prints and ``--json`` serialises."""
+
+    command: list[str]
+    arch: str
+    kernel: str
+    root_pid: int
+    start_ns: int
+    end_ns: int | None = None
+    exit: ExitStatus | None = None
+    processes: dict[int, ProcessInfo] = field(default_factory=dict)
+    drops: Drops = field(default_factory=Drops)
+
+    def totals(self) -> dict[int, SyscallStats]:
+        out: dict[int, SyscallStats] = {}
+        for proc in self.processes.values():
+            for nr, st in proc.syscalls.items():
+                out.setdefault(nr, SyscallStats()).add(st)
+        return out
