@@ -15,7 +15,7 @@ setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, 
 	@bash tools/setup.sh
 
 demo: setup ## trace the bundled sample workload and print the strace -c style summary
-	$(TRACERD) run --per-process --percentiles -- sh examples/workload.sh
+	$(TRACERD) run --percentiles -- sh examples/workload.sh
 
 test: setup lint typecheck ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check

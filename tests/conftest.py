@@ -26,7 +26,7 @@ def _bpf_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "privileged test: needs root"
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401, PLC0415 - probing for it is the point
     except ImportError:
         return "privileged test: bcc is not importable (run `make setup`)"
     if not Path("/sys/kernel/btf/vmlinux").exists():

@@ -81,13 +81,13 @@ class _Types:
             bits = m_off & 0xFFFFFF if kflag else m_off
             m_name = self._name(m_name_off)
             if m_name == member:
-                return bits // 8
+                return int(bits) // 8
             if not m_name:
                 inner = self._resolve(m_type)
                 if inner is not None:
                     found = self.member_offset(inner, member)
                     if found is not None:
-                        return bits // 8 + found
+                        return int(bits) // 8 + found
         return None
 
     def _resolve(self, tid: int) -> int | None:

@@ -91,9 +91,10 @@ def _say_attached(pid: int) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import render  # noqa: PLC0415 - keep `tracerd --help` free of heavy imports
-    from ._probe import Limits, Probe
-    from ._run import attach, resolve_command, run_command
+    # Imported here so that `tracerd --help` and usage errors stay instant.
+    from . import render  # noqa: PLC0415
+    from ._probe import Limits, Probe  # noqa: PLC0415
+    from ._run import attach, resolve_command, run_command  # noqa: PLC0415
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.pid is None and not command:
@@ -125,7 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stderr:
             out.close()
-    return outcome.status
+    return outcome.wait_status()
 
 
 def main(argv: list[str] | None = None) -> int:

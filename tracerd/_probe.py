@@ -7,6 +7,7 @@ ctypes object or a BCC table.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import os
@@ -128,7 +129,7 @@ def ensure_tracefs() -> None:
 
 def _import_bcc() -> Any:
     try:
-        import bcc
+        import bcc  # noqa: PLC0415 - the one place bcc is imported, lazily for clear errors
     except ImportError as e:
         raise BccMissing(
             f"BCC's Python module cannot be imported ({e}): install the OS package "
@@ -264,10 +265,8 @@ class Probe:
         for key, per_cpu in self._lookup_batch():
             if key.tgid in wanted:
                 final[(key.tgid, key.nr)] = _sum_cpus(per_cpu)
-                try:
+                with contextlib.suppress(KeyError):  # already gone: nothing to lose
                     del table[StatsKey(key.tgid, key.nr)]
-                except KeyError:
-                    pass
         return final
 
     def _lookup_batch(self) -> list[tuple[StatsKey, list[StatsVal]]]:
@@ -276,8 +275,7 @@ class Probe:
         BCC's own batch helper sizes values as one CPU's, which overruns for per-CPU
         maps; here each value slot holds one aligned copy per possible CPU.
         """
-        import bcc
-
+        bcc = _import_bcc()
         table = self._bpf["stats"]
         chunk = 4096
         per_cpu_size = (ct.sizeof(StatsVal) + 7) & ~7

@@ -11,6 +11,7 @@ forks are tracked by the kernel itself (task_newtask), before they can run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pwd
@@ -19,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._aggregate import Aggregate, read_cmdline
 from ._errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, NoSuchProcess, TracerdError
@@ -34,6 +36,15 @@ class Outcome:
     report: Report
     status: int  #: what tracerd exits with (CMD's status, as a shell reports it)
     interrupted: str | None = None  #: why tracing stopped early, if it did
+    running_pid: int | None = None  #: CMD, still running after --duration; see wait_status()
+
+    def wait_status(self) -> int:
+        """CMD's shell status, waiting for it first if tracing stopped before it exited."""
+        if self.running_pid is not None:
+            _, raw = os.waitpid(self.running_pid, 0)
+            self.status = ExitStatus.from_wait_status(raw).shell_status()
+            self.running_pid = None
+        return self.status
 
 
 def resolve_command(name: str) -> str:
@@ -83,10 +94,8 @@ def _spawn_stopped(path: str, argv: list[str]) -> tuple[int, int]:
             os.execve(path, argv, os.environ)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if e.errno in (errno.EACCES, errno.ENOEXEC) else 127
-            try:
+            with contextlib.suppress(OSError):
                 os.write(err_w, str(e.errno or 0).encode())
-            except OSError:
-                pass
         os._exit(code)
     os.close(err_w)
     _, status = os.waitpid(pid, os.WUNTRACED)
@@ -112,7 +121,8 @@ class Tracer:
     def live(self) -> list[int]:
         """Known processes the kernel still tracks (it clears the flag at group death,
         so this holds even if an exit event was lost)."""
-        return [p for p in self.agg.processes if p not in self.agg.exited and self.probe.is_tracked(p)]
+        agg = self.agg
+        return [p for p in agg.processes if p not in agg.exited and self.probe.is_tracked(p)]
 
     def finish(self, *, command: list[str], root_pid: int, exit: ExitStatus | None) -> Report:
         self.step(0)  # events already in the ring buffer
@@ -135,7 +145,9 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
     path = resolve_command(argv[0])
     tracer = Tracer(probe)
     # CMD owns the terminal's interrupt keys; tracerd waits for it, as time(1) does.
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    old: dict[signal.Signals, Any] = {
+        s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)
+    }
     try:
         pid, err_r = _spawn_stopped(path, argv)
         probe.track(pid)
@@ -151,7 +163,7 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
             raise TracerdError(f"{argv[0]}: {os.strerror(err)}", status)
         if on_started:
             on_started(pid)
-        forward = _forward_signals(pid)
+        old.update(_forward_signals(pid))
         deadline = _deadline(duration)
         wait_status: int | None = None
         interrupted = None
@@ -174,22 +186,18 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
         report = tracer.finish(command=list(argv), root_pid=pid, exit=exit)
         if exit is not None and pid in report.processes:
             report.processes[pid].exit = exit
-        if wait_status is None:
-            # Tracing stopped on --duration: the summary is final, CMD goes on; its
-            # status is still what tracerd returns.
-            _, st = os.waitpid(pid, 0)
-            exit = ExitStatus.from_wait_status(st)
-        for s in forward:
-            signal.signal(s, forward[s])
-        return Outcome(report=report, status=exit.shell_status(), interrupted=interrupted)
+        # After --duration the summary is final while CMD goes on; its status is
+        # still what tracerd returns, once the caller has written the summary.
+        return Outcome(report=report, status=exit.shell_status() if exit else 0,
+                       interrupted=interrupted, running_pid=None if exit else pid)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def _forward_signals(pid: int) -> dict[int, object]:
+def _forward_signals(pid: int) -> dict[signal.Signals, Any]:
     """SIGTERM/SIGHUP sent to tracerd go to CMD, which decides; tracerd then reports."""
-    prev: dict[int, object] = {}
+    prev: dict[signal.Signals, Any] = {}
     for s in (signal.SIGTERM, signal.SIGHUP):
         prev[s] = signal.signal(s, lambda sig, _f: os.kill(pid, sig))
     return prev

@@ -191,9 +191,8 @@ def summary_table(
     last = len(columns) - 1
 
     def _line(cells: Sequence[str]) -> str:
-        return " ".join(
-            col.cell(c, last=i == last) for i, (col, c) in enumerate(zip(columns, cells))
-        )
+        pairs = enumerate(zip(columns, cells, strict=True))
+        return " ".join(col.cell(c, last=i == last) for i, (col, c) in pairs)
 
     dashes = " ".join("-" * col.width for col in columns)
     lines = [_line([col.header for col in columns]), dashes]

@@ -29,6 +29,19 @@ def test_output_file_and_exit_status(tmp_path: Path) -> None:
     assert "exit_group" in out.read_text()
 
 
+def test_duration_writes_summary_then_returns_cmd_status(tmp_path: Path) -> None:
+    out = tmp_path / "summary.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "tracerd", "run", "--duration", "0.5",
+                             "-o", str(out), "--", "sh", "-c", "sleep 3; exit 4"],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    # The summary is final when the limit hits, while CMD is still running.
+    assert proc.stderr.readline() == "tracerd: tracing stopped early: duration limit reached\n"
+    assert proc.poll() is None
+    assert "total" in out.read_text()
+    assert proc.wait(timeout=30) == 4
+
+
 def test_syscall_filter_by_class(tmp_path: Path) -> None:
     proc = tracerd("run", "-e", "trace=%file", "--", "cat", "/etc/hostname")
     names = {line.split()[-1] for line in proc.stderr.splitlines()[2:-2]}
@@ -39,7 +52,7 @@ def test_syscall_filter_by_class(tmp_path: Path) -> None:
 def test_attach_to_running_process(tmp_path: Path) -> None:
     go = tmp_path / "go"
     target = subprocess.Popen(
-        ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; for i in 1 2 3; do /bin/true; done"])
+        ["sh", "-c", f"until [ -e {go} ]; do sleep 0.05; done; for i in 1 2 3; do /bin/true; done"])
     tracer = subprocess.Popen([sys.executable, "-m", "tracerd", "run", "--per-process",
                                "-p", str(target.pid)], stderr=subprocess.PIPE, text=True)
     assert tracer.stderr is not None
@@ -54,7 +67,8 @@ def test_attach_to_running_process(tmp_path: Path) -> None:
 
 def test_attach_to_exited_process_is_refused() -> None:
     zombie = subprocess.Popen(["true"])
-    while not Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
         pass
     proc = tracerd("run", "-p", str(zombie.pid), timeout=30)
     zombie.wait()
