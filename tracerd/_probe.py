@@ -104,7 +104,9 @@ def check_privilege() -> None:
         return
     if caps & (1 << _CAP_BPF) and caps & (1 << _CAP_PERFMON):
         return
-    raise NoPrivilege("loading BPF needs root (or CAP_BPF and CAP_PERFMON): run with sudo")
+    raise NoPrivilege(
+        "loading BPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): run as root, e.g. with sudo"
+    )
 
 
 def check_headers() -> None:
@@ -185,7 +187,7 @@ class Probe:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BpfUnusable(f"cannot load the BPF programs: {first}") from None
         self._ncpus = len(bcc.utils.get_possible_cpus())
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
         return self
 
     def close(self) -> None:
@@ -201,23 +203,23 @@ class Probe:
 
     def table(self, name: str) -> Any:
         """The raw BCC table (tests and the layout check only)."""
-        return self._bpf[name]
+        return self._bpf[name.encode()]
 
     # -- tracking ------------------------------------------------------------------
     def track(self, pid: int) -> None:
         """Count every syscall of process ``pid`` (and of processes it forks from now on)."""
         if not 0 < pid < self.limits.pid_max:
             raise TracerdError(f"pid {pid} is outside 1..{self.limits.pid_max - 1}")
-        self._bpf["pids"][ct.c_int(pid)] = PidState(0, 0, 1)
+        self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 1)
 
     def untrack(self, pid: int) -> None:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
         # that thread exits; only a later re-track of the same process could see it.
         if 0 < pid < self.limits.pid_max:
-            self._bpf["pids"][ct.c_int(pid)] = PidState(0, 0, 0)
+            self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 0)
 
     def is_tracked(self, pid: int) -> bool:
-        return bool(self._bpf["pids"][ct.c_int(pid)].tracked)
+        return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
 
     # -- reading ---------------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
@@ -260,7 +262,7 @@ class Probe:
         wanted = set(tgids)
         if not wanted:
             return {}
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         final: dict[tuple[int, int], SyscallStats] = {}
         for key, per_cpu in self._lookup_batch():
             if key.tgid in wanted:
@@ -276,7 +278,7 @@ class Probe:
         maps; here each value slot holds one aligned copy per possible CPU.
         """
         bcc = _import_bcc()
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         chunk = 4096
         per_cpu_size = (ct.sizeof(StatsVal) + 7) & ~7
         keys = (StatsKey * chunk)()
@@ -309,7 +311,7 @@ class Probe:
                 raise BpfUnusable(f"reading the stats map failed: {os.strerror(err)}")
 
     def drops(self) -> Drops:
-        per_cpu = self._bpf["counters"]
+        per_cpu = self._bpf[b"counters"]
         vals = [sum(per_cpu[ct.c_int(i)]) for i in range(3)]
         return Drops(stats_full=vals[_C_STATS_FULL], events_lost=vals[_C_EVENTS_LOST],
                      pid_out_of_range=vals[_C_PID_RANGE])
