@@ -42,6 +42,13 @@ def test_duration_writes_summary_then_returns_cmd_status(tmp_path: Path) -> None
     assert proc.wait(timeout=30) == 4
 
 
+def test_under_sudo_cmd_runs_as_the_invoking_user() -> None:
+    env = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}
+    proc = tracerd("run", "--", "id", "-u", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "65534\n"
+
+
 def test_syscall_filter_by_class(tmp_path: Path) -> None:
     proc = tracerd("run", "-e", "trace=%file", "--", "cat", "/etc/hostname")
     names = {line.split()[-1] for line in proc.stderr.splitlines()[2:-2]}
