@@ -77,12 +77,14 @@ static __always_inline struct pid_state *tracked_process(__u32 tgid)
 	return g;
 }
 
-static __always_inline void emit(__u32 type, __u32 pid, __u32 ppid, __s32 code)
+/* Reserve a lifecycle record with its common fields filled; NULL (and the loss
+ * counted) when the ring buffer is full. The caller adds any extra field and submits. */
+static __always_inline struct event *new_event(__u32 type, __u32 pid, __u32 ppid, __s32 code)
 {
 	struct event *e = events.ringbuf_reserve(sizeof(struct event));
 	if (!e) {
 		count_drop(C_EVENTS_LOST);
-		return;
+		return 0;
 	}
 	e->type = type;
 	e->pid = pid;
@@ -91,7 +93,14 @@ static __always_inline void emit(__u32 type, __u32 pid, __u32 ppid, __s32 code)
 	e->ts_ns = bpf_ktime_get_ns();
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	e->filename[0] = 0;
-	events.ringbuf_submit(e, 0);
+	return e;
+}
+
+static __always_inline void emit(__u32 type, __u32 pid, __u32 ppid, __s32 code)
+{
+	struct event *e = new_event(type, pid, ppid, code);
+	if (e)
+		events.ringbuf_submit(e, 0);
 }
 
 RAW_TRACEPOINT_PROBE(sys_enter)
@@ -186,17 +195,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			o->tracked = 0;
 		}
 	}
-	struct event *e = events.ringbuf_reserve(sizeof(struct event));
-	if (!e) {
-		count_drop(C_EVENTS_LOST);
+	struct event *e = new_event(EV_EXEC, tgid, 0, 0);
+	if (!e)
 		return 0;
-	}
-	e->type = EV_EXEC;
-	e->pid = tgid;
-	e->ppid = 0;
-	e->exit_code = 0;
-	e->ts_ns = bpf_ktime_get_ns();
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
 	events.ringbuf_submit(e, 0);
 	return 0;

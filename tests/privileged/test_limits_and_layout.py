@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes as ct
+import os
 from pathlib import Path
 
 from conftest import traced_json, tracerd
 
+from tracerd import syscalls
 from tracerd._probe import MAP_LAYOUTS, Limits, Probe
 
 
@@ -40,3 +42,25 @@ def test_python_structs_match_compiled_layout() -> None:
             if key is not None:
                 assert ct.sizeof(table.Key) == ct.sizeof(key), name
                 assert _layout(table.Key) == _layout(key), name
+
+
+def test_reads_are_cumulative_and_never_clear() -> None:
+    """read_stats leaves counters in place; only delete_stats removes, returning them."""
+    me = os.getpid()
+    getppid = syscalls.table_for().number("getppid")
+    assert getppid is not None
+    with Probe(Limits.for_this_kernel()) as probe:
+        probe.track(me)
+        try:
+            for _ in range(100):
+                os.getppid()
+            first = probe.read_stats()[(me, getppid)].calls
+            for _ in range(50):
+                os.getppid()
+            second = probe.read_stats()[(me, getppid)].calls
+        finally:
+            probe.untrack(me)
+        removed = probe.delete_stats([me])
+        assert (me, getppid) not in probe.read_stats()
+    assert first == 100 and second == 150
+    assert removed[(me, getppid)].calls == 150
