@@ -140,8 +140,7 @@ def _deadline(duration: float | None) -> float | None:
     return time.monotonic() + duration if duration is not None else None
 
 
-def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
-                on_started: Callable[[int], None] | None = None) -> Outcome:
+def run_command(probe: Probe, argv: list[str], *, duration: float | None = None) -> Outcome:
     path = resolve_command(argv[0])
     tracer = Tracer(probe)
     # CMD owns the terminal's interrupt keys; tracerd waits for it, as time(1) does.
@@ -161,8 +160,6 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
             err = int(failed)
             status = EXIT_NOT_EXECUTABLE if err in (errno.EACCES, errno.ENOEXEC) else EXIT_NOT_FOUND
             raise TracerdError(f"{argv[0]}: {os.strerror(err)}", status)
-        if on_started:
-            on_started(pid)
         old.update(_forward_signals(pid))
         deadline = _deadline(duration)
         wait_status: int | None = None
