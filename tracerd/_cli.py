@@ -121,11 +121,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             out.write(render.render_text(report, table.name, per_process=args.per_process,
                                          percentiles=args.percentiles))
-        if outcome.interrupted:
-            print(f"tracerd: tracing stopped early: {outcome.interrupted}", file=sys.stderr)
     finally:
         if out is not sys.stderr:
             out.close()
+    # Only once the summary is complete on disk: a script waiting for this line may
+    # read the file at once.
+    if outcome.interrupted:
+        print(f"tracerd: tracing stopped early: {outcome.interrupted}", file=sys.stderr)
     return outcome.wait_status()
 
 
