@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test unit privileged lint typecheck check syscalls fixtures bench-kernel clean
+.PHONY: help setup demo test golden-check unit privileged lint typecheck check syscalls fixtures bench-kernel clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,9 +17,16 @@ setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, 
 demo: setup ## trace the bundled sample workload and print the strace -c style summary
 	$(TRACERD) run --percentiles -- sh examples/workload.sh
 
-test: setup lint typecheck ## run every test (unit + privileged BPF), as CI does
+test: setup lint typecheck golden-check ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check
 	$(PY) -m pytest -q -ra tests
+
+# Each example's golden file records its command; compare reruns it (exit 3: regression).
+golden-check: setup ## compare each examples/golden/*.sh against its checked-in golden file
+	@set -e; for golden in examples/golden/*.golden.json; do \
+	  echo "golden-check: $$golden"; \
+	  $(TRACERD) golden compare "$$golden"; \
+	done
 
 unit: setup ## fast pure-logic tests only
 	$(PY) -m pytest -q tests/unit

@@ -1,0 +1,122 @@
+"""Golden traces through the real command line: capture, compare, update, run options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import tracerd
+
+from tracerd.golden import EXIT_REGRESSION
+
+
+def _capture(path: Path, *cmd: str, runs: int = 3) -> dict[str, Any]:
+    proc = tracerd("golden", "capture", str(path), "--runs", str(runs), "--", *cmd)
+    assert proc.returncode == 0, proc.stderr
+    assert f"golden written to {path} ({runs} runs)" in proc.stderr
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _verdict(path: Path, *cmd: str, extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
+    proc = tracerd("golden", "compare", str(path), "--json", *extra, "--", *cmd)
+    assert proc.returncode in (0, EXIT_REGRESSION), proc.stderr
+    verdict: dict[str, Any] = json.loads(proc.stderr)
+    return proc.returncode, verdict
+
+
+def test_capture_then_compare_passes(tmp_path: Path, fixture_bin: Path) -> None:
+    path = tmp_path / "exact.golden.json"
+    g = _capture(path, str(fixture_bin), "exact", "100", "2")
+    assert g["schema"] == "tracerd.golden/v1" and g["runs"] == 3
+    assert g["syscalls"]["getppid"]["calls"] == {"median": 600, "min": 600, "max": 600}
+    assert g["syscalls"]["getpgid"]["errors"]["median"] == 100
+    assert g["processes"]["exact>exact>exact"]["median"] == 1
+    assert g["exit_status"]["median"] == 0
+    code, verdict = _verdict(path, str(fixture_bin), "exact", "100", "2")
+    assert (code, verdict["verdict"], verdict["failed_syscalls"]) == (0, "pass", [])
+    # Without a command, compare reruns the one recorded in the file; the table is on stderr.
+    proc = tracerd("golden", "compare", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.endswith("verdict: PASS\n")
+
+
+def test_extra_syscalls_fail_naming_exactly_those(tmp_path: Path, fixture_bin: Path) -> None:
+    path = tmp_path / "exact.golden.json"
+    _capture(path, str(fixture_bin), "exact", "100", "0")
+    code, verdict = _verdict(path, str(fixture_bin), "exact", "101", "0")
+    assert code == EXIT_REGRESSION == verdict["exit_status"]
+    assert verdict["verdict"] == "regression"
+    assert verdict["failed_syscalls"] == ["getpgid", "getppid", "getsid", "umask"]
+    failed = {r["kind"] for r in verdict["rows"] if r["failed"]}
+    assert failed <= {"calls", "errors"}
+    proc = tracerd("golden", "compare", str(path), "--", str(fixture_bin), "exact", "101", "0")
+    assert proc.returncode == EXIT_REGRESSION
+    assert "verdict: REGRESSION" in proc.stderr and "umask" in proc.stderr
+
+
+def test_slower_run_trips_duration_not_counts(tmp_path: Path) -> None:
+    path = tmp_path / "sleep.golden.json"
+    _capture(path, "sh", "-c", "sleep 0.05; true")
+    code, verdict = _verdict(path, "sh", "-c", "sleep 0.5; true")
+    assert code == EXIT_REGRESSION
+    assert [r["kind"] for r in verdict["rows"] if r["failed"]] == ["duration"]
+    assert verdict["failed_syscalls"] == []
+    # A looser tolerance on the command line lets the same run pass.
+    code, verdict = _verdict(path, "sh", "-c", "sleep 0.5; true",
+                             extra=("--tolerance", "duration=20"))
+    assert (code, verdict["verdict"]) == (0, "pass")
+
+
+def test_two_captures_differ_only_in_measured_fields(tmp_path: Path, fixture_bin: Path) -> None:
+    cmd = (str(fixture_bin), "exact", "50", "2")
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    a, b = _capture(first, *cmd), _capture(second, *cmd)
+    assert a.pop("measured").keys() == b.pop("measured").keys()
+    assert json.dumps(a, indent=2, sort_keys=True) == json.dumps(b, indent=2, sort_keys=True)
+    for path in (first, second):  # the file is exactly the deterministic rendering
+        assert path.read_text() == json.dumps(json.loads(path.read_text()), indent=2,
+                                              sort_keys=True) + "\n"
+
+
+def test_update_shows_the_diff_then_rewrites(tmp_path: Path, fixture_bin: Path) -> None:
+    path = tmp_path / "exact.golden.json"
+    _capture(path, str(fixture_bin), "exact", "10", "0", runs=1)
+    old = json.loads(path.read_text())
+    old["tolerances"]["syscalls"]["brk"] = "5"  # a reviewer's override survives updates
+    path.write_text(json.dumps(old))
+    proc = tracerd("golden", "update", str(path), "--runs", "2", "--",
+                   str(fixture_bin), "exact", "11", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "umask" in proc.stderr and "REGRESSION" in proc.stderr
+    assert proc.stderr.endswith(f"tracerd: updated {path} (2 runs)\n")
+    new = json.loads(path.read_text())
+    assert new["syscalls"]["umask"]["calls"]["median"] == 11
+    assert new["tolerances"]["syscalls"] == {"brk": "5"}
+
+
+def test_run_save_golden_and_against(tmp_path: Path, fixture_bin: Path) -> None:
+    path = tmp_path / "one.golden.json"
+    proc = tracerd("run", "--save-golden", str(path), "--", str(fixture_bin), "exact", "5", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(path.read_text())["runs"] == 1
+    same = tracerd("run", "--against", str(path), "--", str(fixture_bin), "exact", "5", "0")
+    assert same.returncode == 0, same.stderr
+    worse = tracerd("run", "--against", str(path), "--", str(fixture_bin), "exact", "6", "0")
+    assert worse.returncode == EXIT_REGRESSION
+    assert "verdict: REGRESSION" in worse.stderr
+
+
+def test_corrupt_golden_exits_65_naming_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.golden.json"
+    path.write_text('{"schema": "tracerd.golden/v1", "command": ["true"]')
+    proc = tracerd("golden", "compare", str(path), "--", "true")
+    assert proc.returncode == 65
+    assert proc.stderr == f"tracerd: {path}: truncated JSON (ends at line 1 before the " \
+                          "document is complete)\n"
+    path.write_text('{"schema": "tracerd.golden/v1"}')
+    proc = tracerd("run", "--against", str(path), "--", "true")
+    assert (proc.returncode, proc.stderr) == (65, f"tracerd: {path}: field 'command' is missing\n")
+    proc = tracerd("golden", "compare", str(tmp_path / "absent.json"), "--", "true")
+    assert proc.returncode == 66
