@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__, golden, syscalls
@@ -133,13 +134,18 @@ def _syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
         raise TracerdError(str(e), EXIT_USAGE) from None
 
 
-def _open_output(path: str | None) -> TextIO:
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """stderr, or FILE opened now (so a bad path fails before any tracing) and closed after."""
     if path is None:
-        return sys.stderr
+        yield sys.stderr
+        return
     try:
-        return open(path, "w")
+        f = open(path, "w")  # noqa: SIM115 - closed below, after the caller's writes
     except OSError as e:
         raise TracerdError(f"cannot write {path}: {e.strerror}", EXIT_CANTCREAT) from None
+    with f:
+        yield f
 
 
 def _say_attached(pid: int) -> None:
@@ -169,10 +175,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     arch = syscalls.current_arch()
     keep = _syscall_filter(args.syscalls, arch)
     table = syscalls.table_for(arch)
-    out = _open_output(args.output)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
     floor: int | None = None
-    try:
+    with _output(args.output) as out:
         with Probe(Limits.for_this_kernel(**overrides)) as probe:
             if args.pid is not None:
                 outcome = attach(probe, args.pid, duration=args.duration,
@@ -187,9 +192,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             out.write(render.render_text(report, table.name, per_process=args.per_process,
                                          percentiles=args.percentiles))
-    finally:
-        if out is not sys.stderr:
-            out.close()
     # Only once the summary is complete on disk: a script waiting for this line may
     # read the file at once.
     if outcome.interrupted:
@@ -267,10 +269,10 @@ def _tolerances(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def _capture(reports: list[Report], command: list[str], rss: list[int | None],
              floor: int | None, tolerances: dict[str, Any]) -> dict[str, Any]:
-    table = syscalls.table_for(syscalls.current_arch())
     try:
-        return golden.capture_from_reports(reports, command, table.name, peak_rss_kib=rss,
-                                           rss_floor_kib=floor, tolerances=tolerances)
+        return golden.capture_from_reports(reports, command, syscalls.table_for().name,
+                                           peak_rss_kib=rss, rss_floor_kib=floor,
+                                           tolerances=tolerances)
     except ValueError as e:
         raise TracerdError(f"cannot capture a golden trace: {e}") from None
 
@@ -320,15 +322,13 @@ def _cmd_golden_compare(args: argparse.Namespace) -> int:
     baseline = _load_golden(args.file)
     command = _golden_command(args, baseline)
     baseline["tolerances"] = _tolerances(baseline["tolerances"], args.tolerance)
-    table = syscalls.table_for(syscalls.current_arch())
-    with Probe(Limits.for_this_kernel()) as probe:
-        floor = _rss_floor_kib()
-        outcome = run_command(probe, command)
-    result = golden.compare(baseline, outcome.report, table.name,
-                            peak_rss_kib=_children_maxrss_kib(), rss_floor_kib=floor,
-                            command=command)
-    out = _open_output(args.output)
-    try:
+    with _output(args.output) as out:
+        with Probe(Limits.for_this_kernel()) as probe:
+            floor = _rss_floor_kib()
+            outcome = run_command(probe, command)
+        result = golden.compare(baseline, outcome.report, syscalls.table_for().name,
+                                peak_rss_kib=_children_maxrss_kib(), rss_floor_kib=floor,
+                                command=command)
         if args.json:
             out.write(json.dumps(golden.verdict_to_dict(result, args.file), indent=2,
                                  sort_keys=True) + "\n")
@@ -336,9 +336,6 @@ def _cmd_golden_compare(args: argparse.Namespace) -> int:
             out.write(golden.render_diff(result, all_rows=args.all,
                                          title=f"tracerd: {' '.join(command)} against "
                                                f"{args.file}:"))
-    finally:
-        if out is not sys.stderr:
-            out.close()
     return golden.EXIT_REGRESSION if result.failed else 0
 
 
