@@ -20,6 +20,14 @@ BPF_ARRAY(pids, struct pid_state, PID_MAX);
 BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Exec rules: a process whose exec matches any of these becomes tracked inside
+ * sched_process_exec, before its first syscall after the exec. Values are rule
+ * reference counts kept by user space; the kernel only tests presence. */
+BPF_HASH(rule_comm, struct comm_key, __u32, MAX_RULES);
+BPF_HASH(rule_path, struct path_key, __u32, MAX_RULES);
+BPF_HASH(rule_cgroup, __u64, __u32, MAX_RULES);
+/* A 256-byte key does not fit next to the rest on the 512-byte BPF stack. */
+BPF_PERCPU_ARRAY(path_scratch, struct path_key, 1);
 
 static __always_inline void count_drop(__u32 idx)
 {
@@ -90,6 +98,9 @@ static __always_inline struct event *new_event(__u32 type, __u32 pid, __u32 ppid
 	e->pid = pid;
 	e->ppid = ppid;
 	e->exit_code = code;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->flags = 0;
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->ts_ns = bpf_ktime_get_ns();
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	e->filename[0] = 0;
@@ -180,9 +191,31 @@ TRACEPOINT_PROBE(task, task_newtask)
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct pid_state *g = tracked_process(tgid);
+	struct pid_state *g = pids.lookup(&tgid);
 	if (!g)
 		return 0;
+	/* Exec rules are tested on every exec (a rare event), tracked or not, so user
+	 * space learns which rules a process matched from the same record. */
+	__u32 flags = 0;
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct comm_key ck = {};
+	bpf_get_current_comm(&ck.comm, sizeof(ck.comm)); /* zero-padded, so hashes match */
+	__u32 zero = 0;
+	struct path_key *pk = path_scratch.lookup(&zero);
+	if (pk) {
+		__builtin_memset(pk, 0, sizeof(*pk));
+		TP_DATA_LOC_READ_STR(pk->path, filename, sizeof(pk->path));
+	}
+	if (rule_cgroup.lookup(&cg) || rule_comm.lookup(&ck) || (pk && rule_path.lookup(pk)))
+		flags = EVF_RULE_MATCHED;
+	if (!g->tracked) {
+		if (!flags)
+			return 0;
+		/* Tracked from here: the execve itself (entered untracked) is not
+		 * counted, every syscall after it is. */
+		g->tracked = 1;
+		g->start_ns = 0;
+	}
 	__u32 old = args->old_pid;
 	if (old != tgid) {
 		/* A non-leader thread exec'd and took over the leader's pid: its
@@ -198,7 +231,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	struct event *e = new_event(EV_EXEC, tgid, 0, 0);
 	if (!e)
 		return 0;
-	TP_DATA_LOC_READ_STR(e->filename, filename, sizeof(e->filename));
+	e->flags = flags;
+	if (pk)
+		__builtin_memcpy(e->filename, pk->path, sizeof(e->filename));
 	events.ringbuf_submit(e, 0);
 	return 0;
 }

@@ -26,6 +26,11 @@
 #define RINGBUF_PAGES 64
 #endif
 
+/* Entries of each exec-rule map (rule_comm, rule_path, rule_cgroup). */
+#ifndef MAX_RULES
+#define MAX_RULES 1024
+#endif
+
 /* Byte offset of task_struct.exit_code, read from the running kernel's BTF by
  * user space (the installed headers need not match the running kernel).
  * Negative: unknown, exit codes of descendants are then reported as unknown. */
@@ -50,6 +55,16 @@ struct pid_state {
 	__u32 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
 };
 
+/* Key of rule_path: the execve path, NUL-padded (so equal strings hash equal). */
+struct path_key {
+	char path[FILENAME_LEN];
+};
+
+/* Key of rule_comm. */
+struct comm_key {
+	char comm[COMM_LEN];
+};
+
 struct stats_key {
 	__u32 tgid;
 	__u32 nr;
@@ -70,11 +85,17 @@ enum event_type {
 	EV_EXIT = 3, /* the last thread of a tracked process exited */
 };
 
+/* Bits of event.flags. */
+#define EVF_RULE_MATCHED 1 /* EV_EXEC: an exec rule started tracking this process */
+
 struct event {
 	__u32 type;      /* enum event_type */
 	__u32 pid;       /* tgid of the process the event is about */
 	__u32 ppid;      /* EV_FORK: tgid of the forking process */
 	__s32 exit_code; /* EV_EXIT: raw task->exit_code, -1 when unknown */
+	__u32 uid;       /* real uid of the current task (the parent, for EV_FORK) */
+	__u32 flags;     /* EVF_* */
+	__u64 cgroup_id; /* cgroup v2 id of the current task (inode of its directory) */
 	__u64 ts_ns;     /* bpf_ktime_get_ns() when it happened */
 	char comm[COMM_LEN];
 	char filename[FILENAME_LEN]; /* EV_EXEC only */

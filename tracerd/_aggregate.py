@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
 
+from . import _procfs
 from .model import (
     EV_EXEC,
     EV_EXIT,
@@ -30,15 +30,6 @@ from .model import (
 )
 
 Snapshot = Mapping[tuple[int, int], SyscallStats]
-
-
-def read_cmdline(pid: int) -> list[str] | None:
-    """argv of a live process from /proc; None once it is gone (best effort, racy)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
 class Aggregate:
@@ -66,13 +57,15 @@ class Aggregate:
                 comm=ev.comm,
                 argv=list(parent.argv) if parent else [],
                 filename=parent.filename if parent else "",
+                uid=ev.uid,
+                cgroup=parent.cgroup if parent else "",
                 start_ns=ev.ts_ns,
             )
         elif ev.type == EV_EXEC:
             proc = self._proc(ev.pid)
             proc.comm = ev.comm
             proc.filename = ev.filename
-            argv = read_cmdline(ev.pid) if read_argv else None
+            argv = _procfs.cmdline(ev.pid) if read_argv else None
             if argv is not None:
                 proc.argv = argv
         elif ev.type == EV_EXIT:

@@ -53,17 +53,35 @@ class Event(ct.Structure):
         ("pid", ct.c_uint32),
         ("ppid", ct.c_uint32),
         ("exit_code", ct.c_int32),
+        ("uid", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cgroup_id", ct.c_uint64),
         ("ts_ns", ct.c_uint64),
         ("comm", ct.c_char * 16),
         ("filename", ct.c_char * 256),
     ]
 
 
+class CommKey(ct.Structure):
+    _fields_ = [("comm", ct.c_char * 16)]
+
+
+class PathKey(ct.Structure):
+    _fields_ = [("path", ct.c_char * 256)]
+
+
+_EVF_RULE_MATCHED = 1
+
 #: Map name -> (key struct, value struct) as declared in syscount.bpf.c.
-MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure]]] = {
+MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure] | None]] = {
     "pids": (None, PidState),
     "stats": (StatsKey, StatsVal),
+    "rule_comm": (CommKey, None),
+    "rule_path": (PathKey, None),
 }
+
+#: Exec-rule kinds and the map each lives in.
+RULE_MAPS = {"comm": b"rule_comm", "path": b"rule_path", "cgroup": b"rule_cgroup"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,7 @@ class Limits:
     pid_max: int
     max_stats: int = 65536
     ringbuf_pages: int = 64
+    max_rules: int = 1024
 
     @classmethod
     def for_this_kernel(cls, **overrides: int) -> Limits:
@@ -178,6 +197,7 @@ class Probe:
             f"-DPID_MAX={self.limits.pid_max}",
             f"-DMAX_STATS={self.limits.max_stats}",
             f"-DRINGBUF_PAGES={self.limits.ringbuf_pages}",
+            f"-DMAX_RULES={self.limits.max_rules}",
             f"-DTASK_EXIT_CODE_OFF={exit_off}",
             "-w",  # header-version warnings would land in the user's terminal
         ]
@@ -221,6 +241,29 @@ class Probe:
     def is_tracked(self, pid: int) -> bool:
         return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
 
+    # -- exec rules --------------------------------------------------------------------
+    def _rule_key(self, kind: str, value: str | int) -> tuple[Any, Any]:
+        table = self._bpf[RULE_MAPS[kind]]
+        if kind == "cgroup":
+            return table, ct.c_uint64(int(value))
+        raw = str(value).encode()
+        if kind == "comm":
+            return table, CommKey(raw[:15])
+        return table, PathKey(raw[:255])
+
+    def add_rule(self, kind: str, value: str | int) -> None:
+        """Track every process whose exec matches: comm, execve path, or cgroup id."""
+        table, key = self._rule_key(kind, value)
+        try:
+            table[key] = ct.c_uint32(1)
+        except Exception as e:  # BCC raises bare Exception when the map is full
+            raise TracerdError(f"exec rule map '{kind}' is full ({e})") from None
+
+    def remove_rule(self, kind: str, value: str | int) -> None:
+        table, key = self._rule_key(kind, value)
+        with contextlib.suppress(KeyError):
+            del table[key]
+
     # -- reading ---------------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
         e = ct.cast(data, ct.POINTER(Event)).contents
@@ -233,6 +276,9 @@ class Probe:
                 ts_ns=e.ts_ns,
                 comm=e.comm.decode(errors="replace"),
                 filename=e.filename.decode(errors="replace"),
+                uid=e.uid,
+                cgroup_id=e.cgroup_id,
+                rule_matched=bool(e.flags & _EVF_RULE_MATCHED),
             )
         )
 

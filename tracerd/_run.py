@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._aggregate import Aggregate, read_cmdline
+from . import _procfs
+from ._aggregate import Aggregate
 from ._errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, NoSuchProcess, TracerdError
 from ._probe import Probe
 from .model import Drops, ExitStatus, ProcessInfo, Report
@@ -151,7 +152,9 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None)
         pid, err_r = _spawn_stopped(path, argv)
         probe.track(pid)
         tracer.agg.add_process(ProcessInfo(pid=pid, ppid=os.getpid(), argv=list(argv),
-                                           filename=path, start_ns=time.monotonic_ns()))
+                                           filename=path, uid=_procfs.uid(pid),
+                                           cgroup=_procfs.cgroup(pid),
+                                           start_ns=time.monotonic_ns()))
         os.kill(pid, signal.SIGCONT)
         failed = os.read(err_r, 16)
         os.close(err_r)
@@ -185,6 +188,7 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None)
             report.processes[pid].exit = exit
         # After --duration the summary is final while CMD goes on; its status is
         # still what tracerd returns, once the caller has written the summary.
+        report.interrupted = interrupted
         return Outcome(report=report, status=exit.shell_status() if exit else 0,
                        interrupted=interrupted, running_pid=None if exit else pid)
     finally:
@@ -200,39 +204,24 @@ def _forward_signals(pid: int) -> dict[signal.Signals, Any]:
     return prev
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a zombie never exits again)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def attach(probe: Probe, pid: int, *, duration: float | None = None,
            on_attached: Callable[[int], None] | None = None) -> Outcome:
     """Trace a running process and the processes it forks from now on, until it and
     they exit, Ctrl-C, or ``duration``."""
-    argv = read_cmdline(pid)
-    if argv is None or not _alive(pid):
+    argv = _procfs.cmdline(pid)
+    if argv is None or not _procfs.alive(pid):
         raise NoSuchProcess(f"no such process: {pid}")
     tracer = Tracer(probe)
     probe.track(pid)
     # Checked again after tracking: a process that died in between would otherwise
     # stay "tracked" forever, its exit having happened before the flag was set.
-    if not _alive(pid):
+    if not _procfs.alive(pid):
         probe.untrack(pid)
         raise NoSuchProcess(f"no such process: {pid} (it exited while attaching)")
-    comm, ppid = "", 0
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            comm = f.read().strip()
-        with open(f"/proc/{pid}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        pass
-    tracer.agg.add_process(ProcessInfo(pid=pid, ppid=ppid, comm=comm, argv=argv,
+    st = _procfs.stat(pid)
+    tracer.agg.add_process(ProcessInfo(pid=pid, ppid=st[1] if st else 0,
+                                       comm=_procfs.comm(pid), argv=argv,
+                                       uid=_procfs.uid(pid), cgroup=_procfs.cgroup(pid),
                                        start_ns=time.monotonic_ns()))
     if on_attached:
         on_attached(pid)
@@ -247,4 +236,5 @@ def attach(probe: Probe, pid: int, *, duration: float | None = None,
     except KeyboardInterrupt:
         interrupted = "interrupted"
     report = tracer.finish(command=argv, root_pid=pid, exit=None)
+    report.interrupted = interrupted
     return Outcome(report=report, status=0, interrupted=interrupted)

@@ -43,6 +43,23 @@ class SyscallStats:
         for i, n in enumerate(other.hist):
             self.hist[i] += n
 
+    def since(self, base: SyscallStats) -> SyscallStats:
+        """What happened after ``base`` was read, given that this was read later.
+
+        Counts are exact. The maximum is exact when it grew in between; otherwise the
+        window's own maximum is unknown and the upper bound of its highest histogram
+        bucket (capped by the overall maximum) stands in for it.
+        """
+        hist = [max(0, a - b) for a, b in zip(self.hist, base.hist, strict=True)]
+        if self.max_ns > base.max_ns:
+            top = self.max_ns
+        else:
+            used = [i for i, n in enumerate(hist) if n]
+            top = min((1 << (used[-1] + 1)) - 1, self.max_ns) if used else 0
+        return SyscallStats(calls=max(0, self.calls - base.calls),
+                            errors=max(0, self.errors - base.errors),
+                            total_ns=max(0, self.total_ns - base.total_ns), max_ns=top, hist=hist)
+
     def percentile_ns(self, q: float) -> int | None:
         """Upper bound of the log2 bucket holding the q-quantile (0 < q <= 1) of timed calls.
 
@@ -102,6 +119,8 @@ class ProcessInfo:
     comm: str = ""
     argv: list[str] = field(default_factory=list)
     filename: str = ""  #: path passed to the last successful execve, if any
+    uid: int | None = None  #: real uid when first seen
+    cgroup: str = ""  #: cgroup v2 path when first seen (best effort)
     start_ns: int = 0  #: when tracking began (fork, exec rule or registration)
     end_ns: int | None = None
     exit: ExitStatus | None = None
@@ -123,6 +142,9 @@ class LifecycleEvent:
     ts_ns: int  #: CLOCK_MONOTONIC
     comm: str
     filename: str  #: EV_EXEC: the path exec'd
+    uid: int = 0  #: real uid of the current task (the parent, for EV_FORK)
+    cgroup_id: int = 0  #: cgroup v2 id of the current task
+    rule_matched: bool = False  #: EV_EXEC: an exec rule matched (and started tracking)
 
 
 @dataclass
@@ -141,6 +163,11 @@ class Drops:
         self.events_lost += other.events_lost
         self.pid_out_of_range += other.pid_out_of_range
 
+    def since(self, base: Drops) -> Drops:
+        return Drops(stats_full=self.stats_full - base.stats_full,
+                     events_lost=self.events_lost - base.events_lost,
+                     pid_out_of_range=self.pid_out_of_range - base.pid_out_of_range)
+
 
 @dataclass
 class Report:
@@ -155,6 +182,7 @@ class Report:
     exit: ExitStatus | None = None
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
     drops: Drops = field(default_factory=Drops)
+    interrupted: str | None = None  #: why tracing stopped early, if it did
 
     def totals(self) -> dict[int, SyscallStats]:
         out: dict[int, SyscallStats] = {}

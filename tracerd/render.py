@@ -15,9 +15,11 @@ JSON schema (``REPORT_SCHEMA``, currently ``tracerd.report/v1``)::
       "root_pid": int,               "start_ns": int,  "end_ns": int | null,
       "duration_ns": int | null,     # derived: end_ns - start_ns
       "exit": EXIT | null,
+      "interrupted": str | null,     # why the trace ended early (optional on input)
       "drops": {"stats_full": int, "events_lost": int, "pid_out_of_range": int},
-      "processes": [                 # sorted by pid
+      "processes": [                 # sorted by pid (pid 0: folded exited processes)
         {"pid": int, "ppid": int, "comm": str, "argv": [str, ...], "filename": str,
+         "uid": int | null, "cgroup": str,                  # optional on input
          "start_ns": int, "end_ns": int | null, "exit": EXIT | null,
          "syscalls": [SYSCALL, ...]}  # sorted by name, then nr
       ],
@@ -311,6 +313,8 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
             "comm": proc.comm,
             "argv": list(proc.argv),
             "filename": proc.filename,
+            "uid": proc.uid,
+            "cgroup": proc.cgroup,
             "start_ns": proc.start_ns,
             "end_ns": proc.end_ns,
             "exit": _exit_to_dict(proc.exit),
@@ -327,6 +331,7 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
         "end_ns": report.end_ns,
         "duration_ns": None if report.end_ns is None else report.end_ns - report.start_ns,
         "exit": _exit_to_dict(report.exit),
+        "interrupted": report.interrupted,
         "drops": {
             "stats_full": report.drops.stats_full,
             "events_lost": report.drops.events_lost,
@@ -472,6 +477,8 @@ def _process_from(v: Any, path: str) -> ProcessInfo:
         comm=_get_str(d, "comm", p),
         argv=_str_list(_field(d, "argv", p), p + "argv"),
         filename=_get_str(d, "filename", p),
+        uid=_opt_int(d.get("uid"), p + "uid"),
+        cgroup=_str(d.get("cgroup", ""), p + "cgroup"),
         start_ns=_get_int(d, "start_ns", p),
         end_ns=_get_opt_int(d, "end_ns", p),
         exit=_exit_from(_field(d, "exit", p), p + "exit"),
@@ -522,6 +529,7 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
         start_ns=_get_int(d, "start_ns", ""),
         end_ns=_get_opt_int(d, "end_ns", ""),
         exit=_exit_from(_field(d, "exit", ""), "exit"),
+        interrupted=None if d.get("interrupted") is None else _str(d["interrupted"], "interrupted"),
         processes=processes,
         drops=Drops(
             stats_full=_get_int(drops_d, "stats_full", "drops."),

@@ -567,5 +567,5 @@ def test_error_duplicates() -> None:
 def test_unknown_keys_are_ignored() -> None:
     d = _good()
     d["future_field"] = {"anything": 1}
-    d["processes"][0]["cgroup"] = "/x"
+    d["processes"][0]["future_process_field"] = "/x"
     assert report_from_dict(d) == _two_process_report()

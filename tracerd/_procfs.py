@@ -1,0 +1,73 @@
+"""Best-effort reads of /proc: every one of them races with the process exiting.
+
+Callers treat ``None`` (or an empty value) as "gone or unknown" and decide what that
+means; nothing here raises for a vanished process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """argv of a live process; None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, ppid), None if the process is gone."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return rest[0], int(rest[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie never exits again)."""
+    st = stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def uid(pid: int) -> int | None:
+    """Real uid."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cgroup(pid: int | str) -> str:
+    """cgroup v2 path relative to the cgroup root, "" if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return ""
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (of all its threads)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out

@@ -1,0 +1,851 @@
+"""The daemon's core: one probe, one drain, many sessions. No grpc, no bcc here.
+
+Every session is a *view* over the same kernel counters. The kernel counts each
+tracked process once, cumulatively; a session remembers, for each of its processes,
+the counts at the moment the process joined it (its baseline) and reports the
+difference. Two sessions on one process therefore each see exactly the calls made
+during their own lifetime, and stopping one changes nothing for the other. When a
+process exits, the drain removes its counters from the kernel map and freezes the
+difference into every session that had it, so exited processes keep their counts.
+
+Threads: the drain thread calls ``Hub.step`` in a loop; gRPC handler threads call
+the other public methods. One lock serialises all state and every map access except
+the blocking ring-buffer poll. Watchers never block the drain: the drain only
+replaces a watcher's pending update (a mailbox of depth one) and counts what the
+watcher did not collect in time; the watcher's own thread computes the delta from
+what it last sent, so coalescing loses no calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from . import _procfs
+from .model import (
+    EV_EXEC,
+    EV_EXIT,
+    EV_FORK,
+    Drops,
+    ExitStatus,
+    LifecycleEvent,
+    ProcessInfo,
+    Report,
+    SyscallStats,
+)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+#: Pid used in reports for the folded counts of exited processes of a session that does
+#: not keep per-process detail.
+FOLDED_PID = 0
+
+
+class ProbeLike(Protocol):
+    """What the hub needs from the kernel side (tracerd._probe.Probe, or a fake in tests)."""
+
+    def track(self, pid: int) -> None: ...
+    def untrack(self, pid: int) -> None: ...
+    def is_tracked(self, pid: int) -> bool: ...
+    def poll_events(self, timeout_ms: int) -> list[LifecycleEvent]: ...
+    def read_stats(self) -> dict[tuple[int, int], SyscallStats]: ...
+    def delete_stats(self, tgids: list[int]) -> dict[tuple[int, int], SyscallStats]: ...
+    def drops(self) -> Drops: ...
+    def add_rule(self, kind: str, value: str | int) -> None: ...
+    def remove_rule(self, kind: str, value: str | int) -> None: ...
+
+
+class ErrorKind(Enum):
+    INVALID = "invalid argument"
+    NOT_FOUND = "not found"
+    EXHAUSTED = "resource exhausted"
+    DENIED = "permission denied"
+    PRECONDITION = "failed precondition"
+
+
+class RequestError(Exception):
+    """A request the hub refuses; the servicer maps ``kind`` to a gRPC status."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# ---------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class PidTarget:
+    pid: int
+    children: bool = False
+
+
+@dataclass(frozen=True)
+class CgroupTarget:
+    path: str
+
+
+@dataclass(frozen=True)
+class ExecRuleTarget:
+    comm: str = ""
+    path: str = ""
+    children: bool = True
+
+
+@dataclass(frozen=True)
+class SpawnedTarget:
+    pid: int
+    argv: tuple[str, ...] = ()
+
+
+Target = PidTarget | CgroupTarget | ExecRuleTarget | SpawnedTarget
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    duration_ms: int = 0
+    syscalls: frozenset[int] | None = None  #: numbers to count; None: all
+    syscall_spec: tuple[str, ...] = ()  #: the filter as the client wrote it
+    per_process: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and what their token allows (see tracerd._config)."""
+
+    name: str
+    uids: frozenset[int] | None = None  #: whose processes it may trace; None: anyone's
+    exec_rules: bool = True
+    max_sessions: int | None = None
+    admin: bool = True  #: sees and controls every session, not only its own
+
+    def may_trace_uid(self, uid: int | None) -> bool:
+        return self.uids is None or (uid is not None and uid in self.uids)
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    max_sessions: int = 64
+    max_watchers: int = 64
+    max_tracked_pids: int = 16384
+    min_interval_ms: int = 50
+    max_interval_ms: int = 3_600_000
+    max_finished_sessions: int = 256
+    max_duration_ms: int = 30 * 24 * 3600 * 1000
+
+
+class State(Enum):
+    RUNNING = 1
+    FINISHED = 2
+    INTERRUPTED = 3
+
+
+# ---------------------------------------------------------------------- state
+
+
+@dataclass
+class _Member:
+    info: ProcessInfo
+    baseline: dict[int, SyscallStats]  #: cumulative counts when it joined the session
+
+
+@dataclass
+class Session:
+    id: str
+    target: Target
+    options: SessionOptions
+    owner: Caller
+    start_ns: int
+    root_pid: int = 0
+    command: list[str] = field(default_factory=list)
+    state: State = State.RUNNING
+    end_ns: int = 0
+    end_reason: str = ""
+    members: dict[int, _Member] = field(default_factory=dict)
+    exited: dict[int, ProcessInfo] = field(default_factory=dict)
+    root_exit: ExitStatus | None = None
+    drops_base: Drops = field(default_factory=Drops)
+    rules: list[tuple[str, str | int]] = field(default_factory=list)
+    cgroup_ids: frozenset[int] = frozenset()
+    final: Report | None = None
+    watchers: list[Watcher] = field(default_factory=list)
+
+    @property
+    def follows_children(self) -> bool:
+        t = self.target
+        return isinstance(t, CgroupTarget | SpawnedTarget) or getattr(t, "children", False)
+
+    @property
+    def ends_with_processes(self) -> bool:
+        """Pid-like sessions end when their last process exits; rule sessions never do."""
+        return isinstance(self.target, PidTarget | SpawnedTarget)
+
+
+@dataclass
+class SessionSummary:
+    """What ListSessions shows of a session."""
+
+    id: str
+    state: State
+    target: Target
+    options: SessionOptions
+    owner: str
+    start_ns: int
+    end_ns: int
+    end_reason: str
+    processes: int
+    calls: int
+
+
+@dataclass
+class View:
+    """A session's aggregates at one instant, as a watcher receives them."""
+
+    ts_ns: int
+    totals: dict[int, SyscallStats]
+    processes: dict[int, ProcessInfo] | None
+    drops: Drops
+
+
+class Watcher:
+    """One Watch stream: a mailbox of depth one, filled by the drain, emptied by the stream."""
+
+    def __init__(self, session_id: str, interval_ns: int, per_process: bool, now_ns: int) -> None:
+        self.session_id = session_id
+        self.interval_ns = interval_ns
+        self.per_process = per_process
+        self.next_due_ns = now_ns + interval_ns
+        self._cond = threading.Condition()
+        self._pending: View | None = None
+        self._missed = 0  #: views replaced before the stream collected them
+        self._states: list[SessionSummary] = []
+        self._final: tuple[SessionSummary, Report] | None = None
+        self.closed = False
+
+    # producer side (drain thread, hub lock held): never blocks on the consumer
+    def offer(self, view: View) -> bool:
+        """Deliver a view; returns True when it replaced one never collected."""
+        with self._cond:
+            replaced = self._pending is not None
+            if replaced:
+                self._missed += 1
+            self._pending = view
+            self._cond.notify()
+            return replaced
+
+    def offer_state(self, summary: SessionSummary) -> None:
+        with self._cond:
+            if len(self._states) < 4:  # a session changes state at most twice
+                self._states.append(summary)
+            self._cond.notify()
+
+    def offer_final(self, summary: SessionSummary, report: Report) -> None:
+        with self._cond:
+            self._final = (summary, report)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify()
+
+    # consumer side (the stream's own thread)
+    def take(self, timeout_s: float) -> tuple[View | None, int, list[SessionSummary],
+                                               tuple[SessionSummary, Report] | None]:
+        """Wait up to ``timeout_s`` for something; returns (view, missed, states, final)."""
+        with self._cond:
+            if not (self._pending or self._states or self._final or self.closed):
+                self._cond.wait(timeout_s)
+            view, missed, states = self._pending, self._missed, self._states
+            self._pending, self._missed, self._states = None, 0, []
+            final = self._final
+            return view, missed, states, final
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def resolve_cgroup(path: str) -> Path:
+    """The cgroup v2 directory a target names; RequestError when it is not one."""
+    if not path:
+        raise RequestError(ErrorKind.INVALID, "target.cgroup.path: must not be empty")
+    p = Path(path)
+    full = p if p.is_absolute() else CGROUP_ROOT / p
+    try:
+        full = full.resolve(strict=True)
+    except OSError:
+        raise RequestError(ErrorKind.NOT_FOUND,
+                           f"target.cgroup.path: no cgroup at {full}") from None
+    if CGROUP_ROOT.resolve() not in (full, *full.parents) or not (full / "cgroup.procs").is_file():
+        raise RequestError(ErrorKind.INVALID,
+                           f"target.cgroup.path: {full} is not a cgroup v2 directory")
+    return full
+
+
+def _cgroup_tree(root: Path) -> tuple[list[int], list[int]]:
+    """(cgroup ids, member pids) of ``root`` and every cgroup below it."""
+    ids: list[int] = []
+    pids: list[int] = []
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        with contextlib.suppress(OSError, ValueError):
+            ids.append(d.stat().st_ino)  # a cgroup v2 id is its directory's inode number
+            pids += [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    return ids, pids
+
+
+def _by_pid(snapshot: dict[tuple[int, int], SyscallStats]) -> dict[int, dict[int, SyscallStats]]:
+    out: dict[int, dict[int, SyscallStats]] = {}
+    for (tgid, nr), st in snapshot.items():
+        out.setdefault(tgid, {})[nr] = st
+    return out
+
+
+def _since(cur: dict[int, SyscallStats], base: dict[int, SyscallStats]) -> dict[int, SyscallStats]:
+    out = {}
+    for nr, st in cur.items():
+        d = st.since(base[nr]) if nr in base else replace(st, hist=list(st.hist))
+        if d.calls:
+            out[nr] = d
+    return out
+
+
+def _filtered(stats: dict[int, SyscallStats],
+              keep: frozenset[int] | None) -> dict[int, SyscallStats]:
+    return stats if keep is None else {nr: st for nr, st in stats.items() if nr in keep}
+
+
+def sum_stats(parts: list[dict[int, SyscallStats]]) -> dict[int, SyscallStats]:
+    out: dict[int, SyscallStats] = {}
+    for part in parts:
+        for nr, st in part.items():
+            out.setdefault(nr, SyscallStats()).add(st)
+    return out
+
+
+# ---------------------------------------------------------------------- the hub
+
+
+class Hub:
+    """Sessions over one probe. Thread-safe; see the module docstring."""
+
+    def __init__(self, probe: ProbeLike, limits: HubLimits | None = None, *,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.probe = probe
+        self.limits = limits or HubLimits()
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.procs: dict[int, ProcessInfo] = {}  #: processes tracked for some session
+        self._snapshot: dict[int, dict[int, SyscallStats]] = {}
+        self._rules: dict[tuple[str, str | int], int] = {}  #: kernel rule -> sessions using it
+        self.watchers = 0
+        self.watch_missed = 0
+        self.pids_over_limit = 0  #: forks not tracked because max_tracked_pids was reached
+        self._last_liveness_ns = 0
+        self.closed = False
+        uname = os.uname()
+        self.arch, self.kernel = uname.machine, uname.release
+
+    # ------------------------------------------------------------------ queries
+    def _session(self, caller: Caller, session_id: str) -> Session:
+        sess = self.sessions.get(session_id)
+        if sess is None:
+            raise RequestError(ErrorKind.NOT_FOUND, f"session_id: no session {session_id!r}")
+        if not caller.admin and sess.owner.name != caller.name:
+            raise RequestError(ErrorKind.DENIED,
+                               f"session {session_id} belongs to another client")
+        return sess
+
+    def summary(self, sess: Session) -> SessionSummary:
+        calls = sum(st.calls for st in self._totals(sess).values())
+        return SessionSummary(id=sess.id, state=sess.state, target=sess.target,
+                              options=sess.options, owner=sess.owner.name,
+                              start_ns=sess.start_ns, end_ns=sess.end_ns,
+                              end_reason=sess.end_reason,
+                              processes=len(sess.members) + len(sess.exited), calls=calls)
+
+    def list_sessions(self, caller: Caller, state: State | None = None) -> list[SessionSummary]:
+        with self.lock:
+            return [self.summary(s) for s in self.sessions.values()
+                    if (state is None or s.state == state)
+                    and (caller.admin or s.owner.name == caller.name)]
+
+    def report(self, caller: Caller, session_id: str) -> tuple[SessionSummary, Report]:
+        with self.lock:
+            sess = self._session(caller, session_id)
+            if sess.final is None:
+                self._refresh()
+            return self.summary(sess), self._report(sess)
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            running = sum(1 for s in self.sessions.values() if s.state == State.RUNNING)
+            return {"running": running, "finished": len(self.sessions) - running,
+                    "tracked": len(self.procs), "watchers": self.watchers,
+                    "watch_missed": self.watch_missed, "pids_over_limit": self.pids_over_limit}
+
+    def _member_stats(self, sess: Session, pid: int) -> dict[int, SyscallStats]:
+        m = sess.members[pid]
+        return _filtered(_since(self._snapshot.get(pid, {}), m.baseline), sess.options.syscalls)
+
+    def _processes(self, sess: Session) -> dict[int, ProcessInfo]:
+        procs = dict(sess.exited)
+        for pid, m in sess.members.items():
+            procs[pid] = replace(m.info, syscalls=self._member_stats(sess, pid))
+        return dict(sorted(procs.items()))
+
+    def _totals(self, sess: Session) -> dict[int, SyscallStats]:
+        if sess.final is not None:
+            return sess.final.totals()
+        return sum_stats([p.syscalls for p in self._processes(sess).values()])
+
+    def _report(self, sess: Session) -> Report:
+        if sess.final is not None:
+            return sess.final
+        return Report(command=list(sess.command), arch=self.arch, kernel=self.kernel,
+                      root_pid=sess.root_pid, start_ns=sess.start_ns, end_ns=None,
+                      exit=sess.root_exit, processes=self._processes(sess),
+                      drops=self.probe.drops().since(sess.drops_base))
+
+    # ------------------------------------------------------------------ starting
+    def start(self, caller: Caller, target: Target, options: SessionOptions) -> SessionSummary:
+        with self.lock:
+            if self.closed:
+                raise RequestError(ErrorKind.PRECONDITION, "the daemon is shutting down")
+            self._check_options(options)
+            running = [s for s in self.sessions.values() if s.state == State.RUNNING]
+            if len(running) >= self.limits.max_sessions:
+                raise RequestError(ErrorKind.EXHAUSTED,
+                                   f"{len(running)} sessions running: the daemon's limit")
+            mine = sum(1 for s in running if s.owner.name == caller.name)
+            if caller.max_sessions is not None and mine >= caller.max_sessions:
+                raise RequestError(ErrorKind.EXHAUSTED,
+                                   f"token {caller.name!r} may run {caller.max_sessions} sessions")
+            sid = secrets.token_hex(6)
+            while sid in self.sessions:
+                sid = secrets.token_hex(6)
+            sess = Session(id=sid, target=target, options=options, owner=caller,
+                           start_ns=self.clock(), drops_base=self.probe.drops())
+            if isinstance(target, PidTarget | SpawnedTarget):
+                self._start_pid(sess, caller, target)
+            elif isinstance(target, CgroupTarget):
+                self._start_cgroup(sess, caller, target)
+            else:
+                self._start_rule(sess, caller, target)
+            self.sessions[sid] = sess
+            self._forget_old()
+            return self.summary(sess)
+
+    def _check_options(self, o: SessionOptions) -> None:
+        if o.duration_ms < 0 or o.duration_ms > self.limits.max_duration_ms:
+            raise RequestError(ErrorKind.INVALID, f"options.duration_ms: {o.duration_ms} is "
+                               f"outside 0..{self.limits.max_duration_ms}")
+        if len(o.label) > 256:
+            raise RequestError(ErrorKind.INVALID, "options.label: longer than 256 characters")
+
+    def _room_for(self, n: int) -> None:
+        if len(self.procs) + n > self.limits.max_tracked_pids:
+            raise RequestError(ErrorKind.EXHAUSTED,
+                               f"tracking {n} more processes would exceed the daemon's limit of "
+                               f"{self.limits.max_tracked_pids}")
+
+    def _start_pid(self, sess: Session, caller: Caller, target: PidTarget | SpawnedTarget) -> None:
+        pid = target.pid
+        field_ = "target.spawned.pid" if isinstance(target, SpawnedTarget) else "target.pid.pid"
+        if pid <= 0 or pid >= 1 << 22:
+            raise RequestError(ErrorKind.INVALID, f"{field_}: {pid} is not a valid pid")
+        if pid == os.getpid():
+            raise RequestError(ErrorKind.INVALID, f"{field_}: tracerd cannot trace itself")
+        st = _procfs.stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: no such process: {pid}")
+        if isinstance(target, SpawnedTarget) and st[0] not in ("T", "t"):
+            raise RequestError(ErrorKind.PRECONDITION,
+                               f"{field_}: process {pid} is not stopped; a spawned target must "
+                               "stop itself (SIGSTOP) before exec")
+        if not caller.may_trace_uid(_procfs.uid(pid)):
+            raise RequestError(ErrorKind.DENIED,
+                               f"{field_}: token {caller.name!r} may not trace process {pid}")
+        sess.root_pid = pid
+        sess.command = list(target.argv) if isinstance(target, SpawnedTarget) else (
+            _procfs.cmdline(pid) or [])
+        pids = [pid]
+        if isinstance(target, PidTarget) and target.children:
+            # Track the root first: from then on the kernel catches its forks, so a
+            # walk after it cannot miss a child of the root. A grandchild forked by a
+            # not-yet-tracked descendant during the walk is caught by walking again
+            # until nothing new appears.
+            self._join(sess, [pid], argv_hint=None)
+            seen = {pid}
+            while True:
+                new = [c for p in list(seen) for c in _procfs.children(p) if c not in seen]
+                if not new:
+                    break
+                self._room_for(len(new))
+                self._join(sess, new, argv_hint=None)
+                seen.update(new)
+            return
+        spawned = isinstance(target, SpawnedTarget)
+        self._join(sess, pids, argv_hint=sess.command if spawned else None)
+        if pid not in sess.members:
+            raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
+
+    def _start_cgroup(self, sess: Session, caller: Caller, target: CgroupTarget) -> None:
+        if caller.uids is not None:
+            raise RequestError(ErrorKind.DENIED,
+                               f"token {caller.name!r} is limited to some uids and may not "
+                               "trace a whole cgroup")
+        root = resolve_cgroup(target.path)
+        ids, pids = _cgroup_tree(root)
+        pids = [p for p in pids if p != os.getpid()]
+        self._room_for(len(pids))
+        sess.cgroup_ids = frozenset(ids)
+        sess.command = [str(root)]
+        # Rules first: a process exec'd in the cgroup while the members are being
+        # tracked is caught by the rule, one that forked is caught by its parent.
+        self._add_rules(sess, [("cgroup", i) for i in ids])
+        self._join(sess, pids, argv_hint=None)
+
+    def _start_rule(self, sess: Session, caller: Caller, target: ExecRuleTarget) -> None:
+        if not caller.exec_rules:
+            raise RequestError(ErrorKind.DENIED, f"token {caller.name!r} may not use exec rules")
+        if not target.comm and not target.path:
+            raise RequestError(ErrorKind.INVALID,
+                               "target.exec_rule: set comm, path or both")
+        if len(target.comm.encode()) > 15:
+            raise RequestError(ErrorKind.INVALID, f"target.exec_rule.comm: {target.comm!r} is "
+                               "longer than the kernel's 15-byte comm")
+        if len(target.path.encode()) > 255 or "\0" in target.path + target.comm:
+            raise RequestError(ErrorKind.INVALID,
+                               "target.exec_rule: path longer than 255 bytes or contains NUL")
+        rules: list[tuple[str, str | int]] = []
+        if target.comm:
+            rules.append(("comm", target.comm))
+        if target.path:
+            rules.append(("path", target.path))
+        sess.command = [f"exec rule comm={target.comm!r} path={target.path!r}"]
+        self._add_rules(sess, rules)
+
+    def _add_rules(self, sess: Session, rules: list[tuple[str, str | int]]) -> None:
+        added: list[tuple[str, str | int]] = []
+        try:
+            for rule in rules:
+                if self._rules.get(rule, 0) == 0:
+                    self.probe.add_rule(*rule)
+                self._rules[rule] = self._rules.get(rule, 0) + 1
+                added.append(rule)
+        except Exception as e:
+            sess.rules = added
+            self._drop_rules(sess)
+            raise RequestError(ErrorKind.EXHAUSTED, str(e)) from None
+        sess.rules = added
+
+    def _drop_rules(self, sess: Session) -> None:
+        for rule in sess.rules:
+            n = self._rules.get(rule, 0) - 1
+            if n <= 0:
+                self._rules.pop(rule, None)
+                self.probe.remove_rule(*rule)
+            else:
+                self._rules[rule] = n
+        sess.rules = []
+
+    def _join(self, sess: Session, pids: list[int], argv_hint: list[str] | None) -> None:
+        """Make live processes members of ``sess``, counting from now on."""
+        new = [p for p in pids if p not in self.procs]
+        self._room_for(len(new))
+        for pid in new:
+            try:
+                self.probe.track(pid)
+            except Exception as e:
+                raise RequestError(ErrorKind.INVALID, str(e)) from None
+            st = _procfs.stat(pid)
+            # Checked after tracking: a process that died in between would otherwise
+            # stay tracked forever, its exit having happened before the flag was set.
+            if st is None or st[0] in ("Z", "X"):
+                self.probe.untrack(pid)
+                continue
+            self.procs[pid] = ProcessInfo(
+                pid=pid, ppid=st[1], comm=_procfs.comm(pid),
+                argv=list(argv_hint) if argv_hint else (_procfs.cmdline(pid) or []),
+                uid=_procfs.uid(pid), cgroup=_procfs.cgroup(pid), start_ns=self.clock())
+        # The baseline must be read after tracking, and the shared snapshot refreshed
+        # with it, so no view ever subtracts a baseline newer than its snapshot.
+        self._refresh()
+        now = self.clock()
+        for pid in pids:
+            if pid in self.procs and pid not in sess.members:
+                info = replace(self.procs[pid], start_ns=now, syscalls={})
+                sess.members[pid] = _Member(info=info, baseline=dict(self._snapshot.get(pid, {})))
+
+    # ------------------------------------------------------------------ stopping
+    def stop(self, caller: Caller, session_id: str) -> SessionSummary:
+        with self.lock:
+            sess = self._session(caller, session_id)
+            if sess.state == State.RUNNING:
+                self._refresh()
+                self._finish(sess, State.FINISHED, "stopped by client")
+            return self.summary(sess)
+
+    def _finish(self, sess: Session, state: State, reason: str) -> None:
+        """Freeze the session's report; the caller refreshed the snapshot just before."""
+        sess.final = replace(self._report(sess), end_ns=self.clock(),
+                             exit=sess.root_exit)
+        if reason != "all processes exited":
+            sess.final.interrupted = reason if state == State.INTERRUPTED else None
+        sess.state, sess.end_ns, sess.end_reason = state, sess.final.end_ns or 0, reason
+        sess.members.clear()
+        self._drop_rules(sess)
+        self._release_unwanted()
+        summary = self.summary(sess)
+        for w in sess.watchers:
+            w.offer_state(summary)
+            w.offer_final(summary, sess.final)
+
+    def _wanted(self) -> set[int]:
+        return {pid for s in self.sessions.values() if s.state == State.RUNNING
+                for pid in s.members}
+
+    def _release_unwanted(self) -> None:
+        wanted = self._wanted()
+        for pid in [p for p in self.procs if p not in wanted]:
+            self.probe.untrack(pid)
+            del self.procs[pid]
+        # Their counters are deleted by the next drain's sweep (see _sweep).
+
+    def _forget_old(self) -> None:
+        done = [s for s in self.sessions.values() if s.state != State.RUNNING]
+        for s in done[: max(0, len(done) - self.limits.max_finished_sessions)]:
+            del self.sessions[s.id]
+
+    def shutdown(self, reason: str = "daemon shutting down") -> None:
+        """Finish every running session with a final report marked interrupted."""
+        with self.lock:
+            self.closed = True
+            self._refresh()
+            for sess in list(self.sessions.values()):
+                if sess.state == State.RUNNING:
+                    self._finish(sess, State.INTERRUPTED, reason)
+
+    # ------------------------------------------------------------------ watching
+    def watch(self, caller: Caller, session_id: str, interval_ms: int,
+              per_process: bool) -> Watcher:
+        with self.lock:
+            lim = self.limits
+            if not lim.min_interval_ms <= interval_ms <= lim.max_interval_ms:
+                raise RequestError(ErrorKind.INVALID, f"interval_ms: {interval_ms} is outside "
+                                   f"{lim.min_interval_ms}..{lim.max_interval_ms}")
+            sess = self._session(caller, session_id)
+            if self.watchers >= lim.max_watchers:
+                raise RequestError(ErrorKind.EXHAUSTED,
+                                   f"{self.watchers} watchers open: the daemon's limit")
+            w = Watcher(session_id, interval_ms * 1_000_000, per_process, self.clock())
+            self.watchers += 1
+            if sess.final is not None:
+                w.offer_final(self.summary(sess), sess.final)
+            else:
+                sess.watchers.append(w)
+            return w
+
+    def unwatch(self, w: Watcher) -> None:
+        """Free a watcher at once (its stream ended or its client went away)."""
+        with self.lock:
+            w.close()
+            sess = self.sessions.get(w.session_id)
+            if sess is not None and w in sess.watchers:
+                sess.watchers.remove(w)
+            self.watchers -= 1
+
+    def _publish(self, now: int) -> None:
+        for sess in self.sessions.values():
+            due = [w for w in sess.watchers if now >= w.next_due_ns]
+            if not due or sess.state != State.RUNNING:
+                continue
+            procs = self._processes(sess)
+            totals = sum_stats([p.syscalls for p in procs.values()])
+            drops = self.probe.drops().since(sess.drops_base)
+            for w in due:
+                view = View(ts_ns=now, totals=totals,
+                            processes=procs if w.per_process else None, drops=drops)
+                if w.offer(view):
+                    self.watch_missed += 1
+                # Next tick on the watcher's own grid, skipping ticks already past.
+                behind = now - w.next_due_ns
+                w.next_due_ns += (behind // w.interval_ns + 1) * w.interval_ns
+
+    # ------------------------------------------------------------------ the drain
+    def _refresh(self) -> None:
+        self._snapshot = _by_pid(self.probe.read_stats())
+
+    def step(self, timeout_ms: int) -> None:
+        """One drain: events, exits, a fresh snapshot, deadlines, watcher updates."""
+        events = self.probe.poll_events(timeout_ms)  # blocks: outside the lock
+        with self.lock:
+            if self.closed:
+                return
+            for ev in events:
+                self._on_event(ev)
+            self._refresh()
+            now = self.clock()
+            self._sweep(now)
+            for sess in list(self.sessions.values()):
+                limit_ns = sess.options.duration_ms * 1_000_000
+                if sess.state == State.RUNNING and limit_ns and now - sess.start_ns >= limit_ns:
+                    self._finish(sess, State.INTERRUPTED, "duration limit reached")
+            self._publish(now)
+
+    def _on_event(self, ev: LifecycleEvent) -> None:
+        if ev.type == EV_FORK:
+            self._on_fork(ev)
+        elif ev.type == EV_EXEC:
+            self._on_exec(ev)
+        elif ev.type == EV_EXIT:
+            self._on_exit(ev.pid, ev.ts_ns, ev.exit_code)
+
+    def _running(self) -> Iterator[Session]:
+        return (s for s in self.sessions.values() if s.state == State.RUNNING)
+
+    def _on_fork(self, ev: LifecycleEvent) -> None:
+        child, parent = ev.pid, ev.ppid
+        takers = [s for s in self._running() if parent in s.members and s.follows_children
+                  and s.owner.may_trace_uid(ev.uid)]
+        if not takers or child in self.procs:
+            if not takers:
+                # The kernel tracks every fork of a tracked process; nobody wants this one.
+                self.probe.untrack(child)
+            return
+        if len(self.procs) >= self.limits.max_tracked_pids:
+            self.probe.untrack(child)
+            self.pids_over_limit += 1
+            return
+        pinfo = self.procs.get(parent)
+        info = ProcessInfo(pid=child, ppid=parent, comm=ev.comm,
+                           argv=list(pinfo.argv) if pinfo else [],
+                           filename=pinfo.filename if pinfo else "", uid=ev.uid,
+                           cgroup=pinfo.cgroup if pinfo else "", start_ns=ev.ts_ns)
+        self.procs[child] = info
+        for s in takers:
+            # A new process: everything it ever counted belongs to these sessions.
+            s.members[child] = _Member(info=replace(info), baseline={})
+
+    def _rule_takers(self, ev: LifecycleEvent) -> list[Session]:
+        out = []
+        for s in self._running():
+            t = s.target
+            if isinstance(t, ExecRuleTarget):
+                hit = (t.comm and t.comm == ev.comm) or (t.path and t.path == ev.filename)
+            elif isinstance(t, CgroupTarget):
+                hit = ev.cgroup_id in s.cgroup_ids
+            else:
+                hit = False
+            if hit and ev.pid not in s.members and s.owner.may_trace_uid(ev.uid):
+                out.append(s)
+        return out
+
+    def _on_exec(self, ev: LifecycleEvent) -> None:
+        pid = ev.pid
+        known = pid in self.procs
+        takers = self._rule_takers(ev)
+        if not known and not takers:
+            # Matched a rule that was dropped since, or an event of a process we
+            # released: nobody wants it.
+            self.probe.untrack(pid)
+            return
+        if not known:
+            if len(self.procs) >= self.limits.max_tracked_pids:
+                self.probe.untrack(pid)
+                self.pids_over_limit += 1
+                return
+            st = _procfs.stat(pid)
+            self.procs[pid] = ProcessInfo(pid=pid, ppid=st[1] if st else 0, uid=ev.uid,
+                                          cgroup=_procfs.cgroup(pid), start_ns=ev.ts_ns)
+        info = self.procs[pid]
+        info.comm, info.filename = ev.comm, ev.filename
+        argv = _procfs.cmdline(pid)
+        if argv is not None:
+            info.argv = argv
+        for s in self._running():
+            m = s.members.get(pid)
+            if m is not None:
+                m.info.comm, m.info.filename = info.comm, info.filename
+                m.info.argv = list(info.argv)
+        for s in takers:
+            # Tracked by the rule at this exec: nothing counted before belongs to it.
+            # A process some other session already tracked joins with its current
+            # counts as baseline (read at this drain, so a few calls late; see README).
+            base = {} if not known else dict(self._snapshot.get(pid, {}))
+            s.members[pid] = _Member(info=replace(info, start_ns=ev.ts_ns, argv=list(info.argv)),
+                                     baseline=base)
+
+    def _on_exit(self, pid: int, ts_ns: int, exit_code: int | None) -> None:
+        if pid not in self.procs:
+            return
+        final = _by_pid(self.probe.delete_stats([pid])).get(pid, {})
+        cur = dict(self._snapshot.get(pid, {}))
+        cur.update(final)
+        self._snapshot[pid] = cur
+        exit = ExitStatus.from_wait_status(exit_code) if exit_code is not None else None
+        for s in list(self._running()):
+            m = s.members.get(pid)
+            if m is None:
+                continue
+            stats = self._member_stats(s, pid)
+            del s.members[pid]
+            info = replace(m.info, end_ns=ts_ns, exit=exit, syscalls=stats)
+            if pid == s.root_pid:
+                s.root_exit = exit
+            if s.options.per_process or pid == s.root_pid:
+                s.exited[pid] = info
+            else:
+                folded = s.exited.get(FOLDED_PID)
+                if folded is None:
+                    folded = s.exited[FOLDED_PID] = ProcessInfo(pid=FOLDED_PID,
+                                                                comm="(exited, folded)")
+                folded.syscalls = sum_stats([folded.syscalls, stats])
+            if s.ends_with_processes and not s.members:
+                self._finish(s, State.FINISHED, "all processes exited")
+        del self.procs[pid]
+        self._snapshot.pop(pid, None)
+
+    def _sweep(self, now: int) -> None:
+        """Repair what lost events or races leave behind (about once a second).
+
+        - a tracked process whose exit record was lost (ring buffer full) is found by
+          the kernel having cleared its flag at group death;
+        - counters of processes nobody tracks any more (released, or a late in-flight
+          call landing after their exit) are deleted, so the map cannot fill up.
+        """
+        if now - self._last_liveness_ns < 1_000_000_000:
+            return
+        self._last_liveness_ns = now
+        for pid in [p for p in self.procs if not self.probe.is_tracked(p)]:
+            st = _procfs.stat(pid)
+            if st is None or st[0] in ("Z", "X"):
+                self._on_exit(pid, now, None)
+        strays = [t for t in self._snapshot if t not in self.procs and not self.probe.is_tracked(t)]
+        if strays:
+            self.probe.delete_stats(strays)
+            for t in strays:
+                self._snapshot.pop(t, None)
+
+
+def drain_forever(hub: Hub, stop: threading.Event, poll_ms: int = 100,
+                  on_error: Callable[[BaseException], None] | None = None) -> None:
+    """The drain thread's body."""
+    while not stop.is_set():
+        try:
+            hub.step(poll_ms)
+        except Exception as e:  # keep draining: a bad record must not stop the daemon
+            if on_error is not None:
+                on_error(e)
+            time.sleep(poll_ms / 1000)
