@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__, golden, syscalls
+from . import __version__, _cli_daemon, golden, syscalls
 from ._aggregate import filter_report
 from ._errors import EXIT_CANTCREAT, EXIT_NO_PROCESS, EXIT_USAGE, BadInput, TracerdError
 
@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare this run with a golden file; exit 3 on regression")
     run.add_argument("command", nargs=argparse.REMAINDER, help="CMD [ARGS...]")
     run.set_defaults(func=_cmd_run)
+    _cli_daemon.add_client_options(run, optional=True)
     _add_golden(sub)
+    _cli_daemon.add_serve(sub)
+    _cli_daemon.add_sessions(sub)
     return parser
 
 
@@ -175,6 +178,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     arch = syscalls.current_arch()
     keep = _syscall_filter(args.syscalls, arch)
     table = syscalls.table_for(arch)
+    if args.remote is not None:
+        if args.pid is not None or wants_golden or args.max_stats:
+            raise TracerdError("--remote runs a command: it cannot be combined with -p, "
+                               "--max-stats, --save-golden or --against", EXIT_USAGE)
+        return _run_remote(args, command)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
     floor: int | None = None
     with _output(args.output) as out:
@@ -211,6 +219,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                                  golden.DEFAULT_TOLERANCES))
         print(f"tracerd: golden written to {args.save_golden} (1 run)", file=sys.stderr)
     return golden.EXIT_REGRESSION if regressed else status
+
+
+def _run_remote(args: argparse.Namespace, command: list[str]) -> int:
+    with _output(args.output) as out:
+        report, status, interrupted, running = _cli_daemon.run_remote(args, command)
+        _cli_daemon.print_report(report, args, out)
+    if interrupted:
+        print(f"tracerd: tracing stopped early: {interrupted}", file=sys.stderr)
+    if running is not None:
+        _, raw = os.waitpid(running, 0)
+        from .model import ExitStatus  # noqa: PLC0415
+
+        return ExitStatus.from_wait_status(raw).shell_status()
+    return status
 
 
 # --------------------------------------------------------------------------------------------

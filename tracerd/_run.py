@@ -18,7 +18,7 @@ import pwd
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,29 +141,67 @@ def _deadline(duration: float | None) -> float | None:
     return time.monotonic() + duration if duration is not None else None
 
 
-def run_command(probe: Probe, argv: list[str], *, duration: float | None = None) -> Outcome:
+def spawn_tracked(argv: list[str], register: Callable[[int, str], None]) -> int:
+    """Start CMD stopped, let ``register(pid, path)`` track it, then let it exec.
+
+    The caller has SIGINT/SIGQUIT ignored (see run_command). Raises TracerdError with
+    the shell's 126/127 when the exec fails; ``register`` raising kills the child.
+    """
     path = resolve_command(argv[0])
-    tracer = Tracer(probe)
-    # CMD owns the terminal's interrupt keys; tracerd waits for it, as time(1) does.
+    pid, err_r = _spawn_stopped(path, argv)
+    try:
+        register(pid, path)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(err_r)
+        raise
+    os.kill(pid, signal.SIGCONT)
+    failed = os.read(err_r, 16)
+    os.close(err_r)
+    if failed:
+        os.waitpid(pid, 0)
+        err = int(failed)
+        status = EXIT_NOT_EXECUTABLE if err in (errno.EACCES, errno.ENOEXEC) else EXIT_NOT_FOUND
+        raise TracerdError(f"{argv[0]}: {os.strerror(err)}", status)
+    return pid
+
+
+@contextlib.contextmanager
+def terminal_signals() -> Iterator[Callable[[int], None]]:
+    """CMD owns the terminal's interrupt keys; tracerd waits for it, as time(1) does.
+
+    Yields ``forward(pid)``, which sends SIGTERM/SIGHUP received by tracerd on to CMD,
+    which decides; tracerd then reports. Everything is restored on exit.
+    """
     old: dict[signal.Signals, Any] = {
         s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)
     }
+
+    def forward(pid: int) -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            old.setdefault(s, signal.signal(s, lambda sig, _f: os.kill(pid, sig)))
+
     try:
-        pid, err_r = _spawn_stopped(path, argv)
+        yield forward
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_command(probe: Probe, argv: list[str], *, duration: float | None = None) -> Outcome:
+    tracer = Tracer(probe)
+
+    def register(pid: int, path: str) -> None:
         probe.track(pid)
         tracer.agg.add_process(ProcessInfo(pid=pid, ppid=os.getpid(), argv=list(argv),
                                            filename=path, uid=_procfs.uid(pid),
                                            cgroup=_procfs.cgroup(pid),
                                            start_ns=time.monotonic_ns()))
-        os.kill(pid, signal.SIGCONT)
-        failed = os.read(err_r, 16)
-        os.close(err_r)
-        if failed:
-            os.waitpid(pid, 0)
-            err = int(failed)
-            status = EXIT_NOT_EXECUTABLE if err in (errno.EACCES, errno.ENOEXEC) else EXIT_NOT_FOUND
-            raise TracerdError(f"{argv[0]}: {os.strerror(err)}", status)
-        old.update(_forward_signals(pid))
+
+    with terminal_signals() as forward:
+        pid = spawn_tracked(argv, register)
+        forward(pid)
         deadline = _deadline(duration)
         wait_status: int | None = None
         interrupted = None
@@ -191,17 +229,6 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None)
         report.interrupted = interrupted
         return Outcome(report=report, status=exit.shell_status() if exit else 0,
                        interrupted=interrupted, running_pid=None if exit else pid)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _forward_signals(pid: int) -> dict[signal.Signals, Any]:
-    """SIGTERM/SIGHUP sent to tracerd go to CMD, which decides; tracerd then reports."""
-    prev: dict[signal.Signals, Any] = {}
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        prev[s] = signal.signal(s, lambda sig, _f: os.kill(pid, sig))
-    return prev
 
 
 def attach(probe: Probe, pid: int, *, duration: float | None = None,

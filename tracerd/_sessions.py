@@ -231,6 +231,7 @@ class Watcher:
         self._states: list[SessionSummary] = []
         self._final: tuple[SessionSummary, Report] | None = None
         self.closed = False
+        self.released = False  #: the hub no longer counts it (guarded by the hub's lock)
 
     # producer side (drain thread, hub lock held): never blocks on the consumer
     def offer(self, view: View) -> bool:
@@ -660,6 +661,9 @@ class Hub:
     def unwatch(self, w: Watcher) -> None:
         """Free a watcher at once (its stream ended or its client went away)."""
         with self.lock:
+            if w.released:
+                return
+            w.released = True
             w.close()
             sess = self.sessions.get(w.session_id)
             if sess is not None and w in sess.watchers:

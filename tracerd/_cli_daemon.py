@@ -1,0 +1,370 @@
+"""The daemon side of the command line: ``tracerd serve``, ``tracerd sessions ...`` and
+``tracerd run --remote``. Everything here talks to a daemon through tracerd.client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import syscalls
+from ._config import DEFAULT_SOCKET, DaemonConfig, load_config, read_token_file
+from ._errors import EXIT_USAGE, TracerdError
+
+if TYPE_CHECKING:
+    from ._sessions import SessionSummary
+    from .client import Client
+    from .model import Report, SyscallStats
+
+_SESSIONS_EPILOG = """\
+ADDR: a Unix socket path (default $TRACERD_ADDR, else /run/tracerd/tracerd.sock) or
+  HOST:PORT (TLS; --insecure for a plaintext loopback daemon). The token comes from
+  --token-file or $TRACERD_TOKEN.
+exit status: 0 ok; 65 invalid request, 66 no such session or process, 75 daemon
+  unreachable or full (retry later), 77 not authenticated or not permitted, 70 daemon error;
+  report/watch with --fail-interrupted: 4 when the session was interrupted.
+"""
+
+EXIT_INTERRUPTED = 4
+
+
+def add_client_options(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """--remote and credentials; with ``optional``, no daemon is used unless --remote is given."""
+    g = p.add_argument_group("daemon connection")
+    if optional:
+        g.add_argument("--remote", metavar="ADDR",
+                       help="trace through a running daemon (`tracerd serve`) at ADDR")
+    else:
+        g.add_argument("--remote", metavar="ADDR",
+                       default=os.environ.get("TRACERD_ADDR", DEFAULT_SOCKET),
+                       help="the daemon's address (default: %(default)s)")
+    g.add_argument("--token-file", metavar="FILE", help="bearer token (first line of FILE)")
+    g.add_argument("--tls-ca", metavar="PEM", help="CA that signed the daemon's certificate")
+    g.add_argument("--tls-cert", metavar="PEM", help="client certificate (mTLS)")
+    g.add_argument("--tls-key", metavar="PEM", help="client key (mTLS)")
+    g.add_argument("--insecure", action="store_true", help="plaintext TCP (loopback only)")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    from .client import Client  # noqa: PLC0415 - grpc only for daemon commands
+
+    token = (read_token_file(args.token_file) if args.token_file
+             else os.environ.get("TRACERD_TOKEN") or None)
+    return Client(args.remote, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                  tls_key=args.tls_key, insecure=args.insecure)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the daemon: trace sessions over gRPC",
+                       description="Keep one set of BPF programs loaded and serve trace "
+                                   "sessions over gRPC. Flags override the config file.")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see README)")
+    p.add_argument("--socket", metavar="PATH", help=f"Unix socket (default {DEFAULT_SOCKET}; "
+                                                    "'' disables it)")
+    p.add_argument("--socket-group", metavar="GROUP", help="group allowed to connect")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT", help="TCP listener "
+                   "(TLS; repeatable)")
+    p.add_argument("--tls-cert", metavar="PEM")
+    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates (mTLS)")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="plaintext TCP, loopback addresses only")
+    p.add_argument("--tokens", metavar="FILE", help="bearer tokens and their policies")
+    p.add_argument("--max-sessions", type=int, metavar="N")
+    p.add_argument("--max-watchers", type=int, metavar="N")
+    p.add_argument("--max-tracked-pids", type=int, metavar="N")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _serve_config(args: argparse.Namespace) -> DaemonConfig:
+    cfg = load_config(args.config) if args.config else DaemonConfig()
+    for key in ("socket", "socket_group", "tls_cert", "tls_key", "tls_client_ca", "tokens",
+                "log_level", "insecure"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg, key, value)
+    if args.listen:
+        cfg.listen = list(args.listen)
+    changes = {k: getattr(args, k) for k in ("max_sessions", "max_watchers", "max_tracked_pids")
+               if getattr(args, k) is not None}
+    for k, v in changes.items():
+        if v <= 0:
+            raise TracerdError(f"--{k.replace('_', '-')}: must be > 0", EXIT_USAGE)
+    cfg.limits = replace(cfg.limits, **changes)
+    return cfg
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._server import serve  # noqa: PLC0415
+
+    return serve(_serve_config(args))
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+def add_sessions(sub: Any) -> None:
+    p = sub.add_parser("sessions", help="start, stop, list, report and watch daemon sessions")
+    ssub = p.add_subparsers(dest="sessions_cmd", required=True)
+
+    def cmd(name: str, help_: str, func: Callable[[argparse.Namespace], int],
+            session: bool = True) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = ssub.add_parser(
+            name, help=help_, epilog=_SESSIONS_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if session:
+            q.add_argument("session_id", metavar="ID")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        add_client_options(q)
+        q.set_defaults(func=func)
+        return q
+
+    start = cmd("start", "start a session; prints its id", _cmd_start, session=False)
+    what = start.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pid", type=int, help="a running process")
+    what.add_argument("--cgroup", metavar="PATH", help="a cgroup v2 directory")
+    what.add_argument("--exec-comm", metavar="COMM", help="processes exec'ing this comm")
+    what.add_argument("--exec-path", metavar="PATH", help="processes exec'ing this path")
+    start.add_argument("--children", action="store_true",
+                       help="--pid: its descendants too (exec rules always follow children)")
+    start.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    start.add_argument("-e", "--syscalls", action="append", default=[], metavar="SPEC",
+                       help="only these syscalls (names or classes, as for run -e)")
+    start.add_argument("--per-process", action="store_true", help="keep per-process detail")
+    start.add_argument("--label", default="", help="free-form label")
+
+    stop = cmd("stop", "stop a session (its report stays available)", _cmd_stop)
+    del stop
+    lst = cmd("list", "list sessions", _cmd_list, session=False)
+    lst.add_argument("--state", choices=["running", "finished", "interrupted"])
+    rep = cmd("report", "print a session's report (so far, if it runs)", _cmd_report)
+    rep.add_argument("--per-process", action="store_true", help="one table per process")
+    rep.add_argument("--percentiles", action="store_true", help="p50/p99 latency columns")
+    rep.add_argument("--fail-interrupted", action="store_true",
+                     help=f"exit {EXIT_INTERRUPTED} if the session was interrupted")
+    w = cmd("watch", "stream a session's aggregates until it ends", _cmd_watch)
+    w.add_argument("--interval", type=int, default=1000, metavar="MS",
+                   help="milliseconds between updates (default 1000)")
+    w.add_argument("--per-process", action="store_true", help="include per-process totals")
+    w.add_argument("--fail-interrupted", action="store_true",
+                   help=f"exit {EXIT_INTERRUPTED} if the session was interrupted")
+
+
+def _summary_dict(s: SessionSummary) -> dict[str, Any]:
+    from google.protobuf import json_format  # noqa: PLC0415
+
+    from . import _convert  # noqa: PLC0415
+
+    return json_format.MessageToDict(_convert.summary_to_pb(s),
+                                     preserving_proto_field_name=True)
+
+
+def _target_text(s: SessionSummary) -> str:
+    from ._sessions import CgroupTarget, ExecRuleTarget, PidTarget  # noqa: PLC0415
+
+    t = s.target
+    if isinstance(t, PidTarget):
+        return f"pid {t.pid}" + (" +children" if t.children else "")
+    if isinstance(t, CgroupTarget):
+        return f"cgroup {t.path}"
+    if isinstance(t, ExecRuleTarget):
+        return " ".join(x for x in (f"comm={t.comm}" if t.comm else "",
+                                    f"path={t.path}" if t.path else "") if x)
+    return f"spawned {t.pid}"
+
+
+def _print_summaries(items: list[SessionSummary], out: TextIO) -> None:
+    rows = [("ID", "STATE", "OWNER", "PROCS", "CALLS", "AGE", "TARGET", "LABEL")]
+    now = time.monotonic_ns()
+    for s in items:
+        age = ((s.end_ns or now) - s.start_ns) / 1e9
+        rows.append((s.id, s.state.name.lower(), s.owner, str(s.processes), str(s.calls),
+                     f"{age:.1f}s", _target_text(s), s.options.label))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from ._sessions import (  # noqa: PLC0415
+        CgroupTarget,
+        ExecRuleTarget,
+        PidTarget,
+        SessionOptions,
+        Target,
+    )
+
+    target: Target
+    if args.pid is not None:
+        target = PidTarget(pid=args.pid, children=args.children)
+    elif args.cgroup is not None:
+        target = CgroupTarget(path=args.cgroup)
+    else:
+        target = ExecRuleTarget(comm=args.exec_comm or "", path=args.exec_path or "")
+    if args.duration is not None and args.duration <= 0:
+        raise TracerdError("--duration: must be > 0", EXIT_USAGE)
+    opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
+                          syscall_spec=tuple(args.syscalls), per_process=args.per_process,
+                          label=args.label)
+    with connect(args) as client:
+        s = client.start(target, opts)
+    if args.json:
+        print(json.dumps(_summary_dict(s), sort_keys=True))
+    else:
+        print(s.id)
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        s = client.stop(args.session_id)
+    if args.json:
+        print(json.dumps(_summary_dict(s), sort_keys=True))
+    else:
+        _print_summaries([s], sys.stdout)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ._sessions import State  # noqa: PLC0415
+
+    state = State[args.state.upper()] if args.state else None
+    with connect(args) as client:
+        items = client.list(state)
+    if args.json:
+        print(json.dumps([_summary_dict(s) for s in items], sort_keys=True))
+    else:
+        _print_summaries(items, sys.stdout)
+    return 0
+
+
+def print_report(report: Report, args: argparse.Namespace, out: TextIO) -> None:
+    from . import render  # noqa: PLC0415
+
+    name_of = syscalls.table_for(report.arch or None).name
+    if getattr(args, "json", False):
+        out.write(render.report_to_json(report, name_of))
+    else:
+        out.write(render.render_text(report, name_of,
+                                     per_process=getattr(args, "per_process", False),
+                                     percentiles=getattr(args, "percentiles", False)))
+
+
+def _interrupted_status(args: argparse.Namespace, s: SessionSummary) -> int:
+    from ._sessions import State  # noqa: PLC0415
+
+    return EXIT_INTERRUPTED if args.fail_interrupted and s.state == State.INTERRUPTED else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        s, report = client.report(args.session_id)
+    print_report(report, args, sys.stdout)
+    return _interrupted_status(args, s)
+
+
+def _top(stats: dict[int, SyscallStats], name_of: Callable[[int], str], n: int = 5) -> str:
+    top = sorted(stats.items(), key=lambda kv: -kv[1].calls)[:n]
+    return ", ".join(f"{name_of(nr)} {st.calls}" for nr, st in top)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format  # noqa: PLC0415
+
+    from . import _convert  # noqa: PLC0415
+    from ._sessions import SessionSummary  # noqa: PLC0415
+    from .client import Final, Update  # noqa: PLC0415
+
+    name_of = syscalls.table_for().name
+    status = 0
+    with connect(args) as client:
+        for ev in client.watch(args.session_id, args.interval, args.per_process):
+            if isinstance(ev, Update):
+                if args.json:
+                    line = {"update": {
+                        "seq": ev.seq, "ts_ns": ev.ts_ns, "missed": ev.missed,
+                        "delta": _stats_json(ev.delta, name_of),
+                        "totals": _stats_json(ev.totals, name_of),
+                        "processes": {str(pid): _stats_json(p.syscalls, name_of)
+                                      for pid, p in ev.processes.items()}}}
+                    print(json.dumps(line, sort_keys=True), flush=True)
+                else:
+                    calls = sum(st.calls for st in ev.delta.values())
+                    total = sum(st.calls for st in ev.totals.values())
+                    missed = f" (missed {ev.missed})" if ev.missed else ""
+                    print(f"#{ev.seq}{missed}: +{calls} calls, {total} total; "
+                          f"{_top(ev.delta, name_of) or 'idle'}", flush=True)
+            elif isinstance(ev, SessionSummary):
+                if args.json:
+                    print(json.dumps({"state": _summary_dict(ev)}, sort_keys=True), flush=True)
+                else:
+                    why = f": {ev.end_reason}" if ev.end_reason else ""
+                    print(f"session {ev.id} {ev.state.name.lower()}{why}", flush=True)
+            elif isinstance(ev, Final):
+                if args.json:
+                    from .render import report_to_dict  # noqa: PLC0415
+
+                    final = {"session": json_format.MessageToDict(
+                        _convert.summary_to_pb(ev.session), preserving_proto_field_name=True),
+                        "report": report_to_dict(ev.report, name_of)}
+                    print(json.dumps({"final": final}, sort_keys=True), flush=True)
+                else:
+                    print_report(ev.report, args, sys.stdout)
+                status = _interrupted_status(args, ev.session)
+    return status
+
+
+def _stats_json(stats: dict[int, SyscallStats], name_of: Callable[[int], str]) -> dict[str, Any]:
+    return {name_of(nr): {"calls": st.calls, "errors": st.errors, "total_ns": st.total_ns}
+            for nr, st in sorted(stats.items())}
+
+
+# ---------------------------------------------------------------------- run --remote
+
+
+def run_remote(args: argparse.Namespace, command: list[str]) -> tuple[Report, int, str | None,
+                                                                       int | None]:
+    """``tracerd run --remote``: the daemon traces CMD, spawned here exactly as ``run`` does.
+
+    Returns (report, CMD's status if it exited, interrupted reason, pid still running).
+    """
+    from ._run import spawn_tracked, terminal_signals  # noqa: PLC0415
+    from ._sessions import SessionOptions  # noqa: PLC0415
+    from .client import Final  # noqa: PLC0415
+    from .model import ExitStatus  # noqa: PLC0415
+
+    opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
+                          syscall_spec=tuple(args.syscalls), per_process=True)
+    with connect(args) as client, terminal_signals() as forward:
+        client.info()  # fail fast (and before forking) when the daemon is unreachable
+        sid: list[str] = []
+        pid = spawn_tracked(command, lambda p, _path: sid.append(
+            client.start_spawned(p, command, opts).id))
+        forward(pid)
+        final: Final | None = None
+        for ev in client.watch(sid[0], interval_ms=60_000):
+            if isinstance(ev, Final):
+                final = ev
+        if final is None:
+            raise TracerdError(f"session {sid[0]}: the daemon ended the stream without a report")
+        report = final.report
+        wpid, raw = os.waitpid(pid, os.WNOHANG)
+        if wpid == 0 and report.interrupted is None:
+            _, raw = os.waitpid(pid, 0)
+            wpid = pid
+        if wpid:
+            exit = ExitStatus.from_wait_status(raw)
+            report.exit = exit
+            if pid in report.processes:
+                report.processes[pid].exit = exit
+            return report, exit.shell_status(), report.interrupted, None
+        return report, 0, report.interrupted, pid

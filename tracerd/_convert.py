@@ -1,0 +1,200 @@
+"""Between tracerd.v1 protobuf messages and the plain dataclasses every other layer uses.
+
+Used by both sides of the wire (the servicer and tracerd.client), so a report that went
+through the daemon is the same Report object ``tracerd run`` builds. Validation of
+client-supplied messages raises RequestError naming the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from . import syscalls
+from ._sessions import (
+    CgroupTarget,
+    ErrorKind,
+    ExecRuleTarget,
+    PidTarget,
+    RequestError,
+    SessionOptions,
+    SessionSummary,
+    SpawnedTarget,
+    State,
+    Target,
+    View,
+)
+from .model import HIST_BUCKETS, Drops, ExitStatus, ProcessInfo, Report, SyscallStats
+from .v1 import tracerd_pb2 as pb
+
+NameOf = Callable[[int], str]
+
+_STATE_TO_PB = {
+    State.RUNNING: pb.SESSION_STATE_RUNNING,
+    State.FINISHED: pb.SESSION_STATE_FINISHED,
+    State.INTERRUPTED: pb.SESSION_STATE_INTERRUPTED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def state_to_pb(state: State) -> pb.SessionState.ValueType:
+    return _STATE_TO_PB[state]
+
+
+def state_from_pb(value: int) -> State | None:
+    """None for UNSPECIFIED (any state); RequestError for a value this daemon does not know."""
+    if value == pb.SESSION_STATE_UNSPECIFIED:
+        return None
+    if value not in _STATE_FROM_PB:
+        raise RequestError(ErrorKind.INVALID, f"state: unknown session state {value}")
+    return _STATE_FROM_PB[value]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- stats
+
+
+def stats_to_pb(stats: Mapping[int, SyscallStats], name_of: NameOf) -> list[pb.SyscallStats]:
+    return [pb.SyscallStats(nr=nr, name=name_of(nr), calls=st.calls, errors=st.errors,
+                            total_ns=st.total_ns, max_ns=st.max_ns, hist=st.hist)
+            for nr, st in sorted(stats.items())]
+
+
+def stats_from_pb(items: Iterable[pb.SyscallStats]) -> dict[int, SyscallStats]:
+    out = {}
+    for m in items:
+        hist = list(m.hist) + [0] * (HIST_BUCKETS - len(m.hist))
+        out[m.nr] = SyscallStats(calls=m.calls, errors=m.errors, total_ns=m.total_ns,
+                                 max_ns=m.max_ns, hist=hist[:HIST_BUCKETS])
+    return out
+
+
+def drops_to_pb(d: Drops) -> pb.Drops:
+    return pb.Drops(stats_full=d.stats_full, events_lost=d.events_lost,
+                    pid_out_of_range=d.pid_out_of_range)
+
+
+def drops_from_pb(m: pb.Drops) -> Drops:
+    return Drops(stats_full=m.stats_full, events_lost=m.events_lost,
+                 pid_out_of_range=m.pid_out_of_range)
+
+
+def _exit_to_pb(e: ExitStatus | None, out: pb.ExitStatus) -> None:
+    if e is None:
+        return
+    if e.code is not None:
+        out.code = e.code
+    if e.signal is not None:
+        out.signal = e.signal
+    out.core_dumped = e.core_dumped
+
+
+def _exit_from_pb(owner: pb.Process | pb.Report) -> ExitStatus | None:
+    if not owner.HasField("exit"):
+        return None
+    m = owner.exit
+    return ExitStatus(code=m.code if m.HasField("code") else None,
+                      signal=m.signal if m.HasField("signal") else None,
+                      core_dumped=m.core_dumped)
+
+
+def process_to_pb(p: ProcessInfo, name_of: NameOf) -> pb.Process:
+    m = pb.Process(pid=p.pid, ppid=p.ppid, comm=p.comm, argv=p.argv, filename=p.filename,
+                   uid=p.uid or 0, cgroup=p.cgroup, start_ns=p.start_ns, end_ns=p.end_ns or 0,
+                   syscalls=stats_to_pb(p.syscalls, name_of))
+    if p.exit is not None:
+        _exit_to_pb(p.exit, m.exit)
+    return m
+
+
+def process_from_pb(m: pb.Process) -> ProcessInfo:
+    return ProcessInfo(pid=m.pid, ppid=m.ppid, comm=m.comm, argv=list(m.argv),
+                       filename=m.filename, uid=m.uid, cgroup=m.cgroup, start_ns=m.start_ns,
+                       end_ns=m.end_ns or None, exit=_exit_from_pb(m),
+                       syscalls=stats_from_pb(m.syscalls))
+
+
+def report_to_pb(r: Report, name_of: NameOf) -> pb.Report:
+    m = pb.Report(command=r.command, arch=r.arch, kernel=r.kernel, root_pid=r.root_pid,
+                  start_ns=r.start_ns, end_ns=r.end_ns or 0,
+                  processes=[process_to_pb(p, name_of) for _, p in sorted(r.processes.items())],
+                  drops=drops_to_pb(r.drops), interrupted=r.interrupted or "",
+                  totals=stats_to_pb(r.totals(), name_of))
+    if r.exit is not None:
+        _exit_to_pb(r.exit, m.exit)
+    return m
+
+
+def report_from_pb(m: pb.Report) -> Report:
+    return Report(command=list(m.command), arch=m.arch, kernel=m.kernel, root_pid=m.root_pid,
+                  start_ns=m.start_ns, end_ns=m.end_ns or None, exit=_exit_from_pb(m),
+                  processes={p.pid: process_from_pb(p) for p in m.processes},
+                  drops=drops_from_pb(m.drops), interrupted=m.interrupted or None)
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def target_from_pb(m: pb.Target) -> Target:
+    kind = m.WhichOneof("kind")
+    if kind == "pid":
+        return PidTarget(pid=m.pid.pid, children=m.pid.children)
+    if kind == "cgroup":
+        return CgroupTarget(path=m.cgroup.path)
+    if kind == "exec_rule":
+        r = m.exec_rule
+        return ExecRuleTarget(comm=r.comm, path=r.path, children=r.children)
+    if kind == "spawned":
+        return SpawnedTarget(pid=m.spawned.pid, argv=tuple(m.spawned.argv))
+    raise RequestError(ErrorKind.INVALID, "target: set one of pid, cgroup, exec_rule, spawned")
+
+
+def target_to_pb(t: Target) -> pb.Target:
+    if isinstance(t, PidTarget):
+        return pb.Target(pid=pb.PidTarget(pid=t.pid, children=t.children))
+    if isinstance(t, CgroupTarget):
+        return pb.Target(cgroup=pb.CgroupTarget(path=t.path))
+    if isinstance(t, ExecRuleTarget):
+        return pb.Target(exec_rule=pb.ExecRule(comm=t.comm, path=t.path, children=t.children))
+    return pb.Target(spawned=pb.SpawnedTarget(pid=t.pid, argv=list(t.argv)))
+
+
+def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOptions:
+    spec = tuple(m.syscalls)
+    keep = None
+    if spec:
+        try:
+            keep = syscalls.resolve(spec, arch)
+        except ValueError as e:
+            raise RequestError(ErrorKind.INVALID, f"options.syscalls: {e}") from None
+    return SessionOptions(duration_ms=m.duration_ms, syscalls=keep, syscall_spec=spec,
+                          per_process=m.per_process, label=m.label)
+
+
+def options_to_pb(o: SessionOptions) -> pb.SessionOptions:
+    return pb.SessionOptions(duration_ms=o.duration_ms, syscalls=list(o.syscall_spec),
+                             per_process=o.per_process, label=o.label)
+
+
+def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
+    return pb.SessionInfo(session_id=s.id, state=state_to_pb(s.state),
+                          target=target_to_pb(s.target), options=options_to_pb(s.options),
+                          start_ns=s.start_ns, end_ns=s.end_ns, end_reason=s.end_reason,
+                          processes=s.processes, calls=s.calls, owner=s.owner)
+
+
+def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
+    spec = tuple(m.options.syscalls)
+    opts = SessionOptions(duration_ms=m.options.duration_ms, syscall_spec=spec,
+                          per_process=m.options.per_process, label=m.options.label)
+    return SessionSummary(id=m.session_id, state=_STATE_FROM_PB.get(m.state, State.RUNNING),
+                          target=target_from_pb(m.target), options=opts, owner=m.owner,
+                          start_ns=m.start_ns, end_ns=m.end_ns, end_reason=m.end_reason,
+                          processes=m.processes, calls=m.calls)
+
+
+def view_to_pb(seq: int, view: View, missed: int, delta: Mapping[int, SyscallStats],
+               name_of: NameOf) -> pb.Update:
+    procs = [] if view.processes is None else [
+        process_to_pb(p, name_of) for _, p in sorted(view.processes.items())]
+    return pb.Update(seq=seq, ts_ns=view.ts_ns, missed=missed, delta=stats_to_pb(delta, name_of),
+                     totals=stats_to_pb(view.totals, name_of), processes=procs,
+                     drops=drops_to_pb(view.drops))

@@ -1,0 +1,435 @@
+"""``tracerd serve``: the gRPC daemon. The servicer is thin: it authenticates, converts
+messages (tracerd._convert) and calls the hub (tracerd._sessions), which holds all logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import __version__, _convert, syscalls
+from ._config import LOCAL, DaemonConfig, Token, check_transport, load_tokens, match_token
+from ._errors import BadInput, TracerdError
+from ._sessions import (
+    Caller,
+    ErrorKind,
+    Hub,
+    RequestError,
+    SpawnedTarget,
+    View,
+    drain_forever,
+    sum_stats,
+)
+from .model import SyscallStats
+from .v1 import tracerd_pb2 as pb
+from .v1 import tracerd_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tracerd")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tracer"].full_name
+
+_STATUS = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+T = TypeVar("T")
+
+
+def _peer_is_local(context: grpc.ServicerContext) -> bool:
+    """The Unix socket, or TCP from a loopback address (same host, same pid namespace
+    assumed: a spawned target's pid must mean the same process to both ends)."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        return True
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+class Auth:
+    """Who a request comes from: a bearer token, the Unix socket, or an mTLS certificate."""
+
+    def __init__(self, tokens: list[Token] | None) -> None:
+        self.tokens = tokens
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        bearer = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                text = value if isinstance(value, str) else value.decode(errors="replace")
+                scheme, _, secret = text.partition(" ")
+                if scheme.lower() != "bearer" or not secret.strip():
+                    _abort(context, grpc.StatusCode.UNAUTHENTICATED,
+                           "authorization: expected 'Bearer <token>'")
+                bearer = secret.strip()
+        if bearer is not None:
+            found = match_token(self.tokens or [], bearer)
+            if found is None:
+                _abort(context, grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown token")
+            return found
+        if context.peer().startswith("unix:"):
+            return LOCAL
+        if self.tokens is None:
+            # TCP without tokens is only configured with mTLS: the certificate is the identity.
+            names = context.auth_context().get("x509_common_name") or [b"mtls"]
+            cn = names[0]
+            return Caller(name="mtls:" + (cn.decode(errors="replace")
+                                          if isinstance(cn, bytes) else str(cn)))
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED,
+               "authorization: this listener needs a bearer token")
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+class Servicer(pb_grpc.TracerServicer):
+    def __init__(self, hub: Hub, auth: Auth, config: DaemonConfig, features: list[str]) -> None:
+        self.hub = hub
+        self.auth = auth
+        self.config = config
+        self.features = features
+        self.name_of = syscalls.table_for().name
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[Caller], T]) -> T:
+        caller = self.auth.caller(context)
+        try:
+            return fn(caller)
+        except RequestError as e:
+            _abort(context, _STATUS[e.kind], str(e))
+        except TracerdError as e:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    def GetInfo(self, request: pb.GetInfoRequest,
+                context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        def info(_caller: Caller) -> pb.GetInfoResponse:
+            lim, probe_lim = self.hub.limits, getattr(self.hub.probe, "limits", None)
+            counts = self.hub.counts()
+            with self.hub.lock:
+                drops = self.hub.probe.drops()
+            return pb.GetInfoResponse(
+                version=__version__, kernel=self.hub.kernel, arch=self.hub.arch,
+                bpf_features=self.features,
+                limits=pb.Limits(
+                    max_sessions=lim.max_sessions, max_watchers=lim.max_watchers,
+                    max_tracked_pids=lim.max_tracked_pids,
+                    max_message_bytes=self.config.max_message_bytes,
+                    min_interval_ms=lim.min_interval_ms, max_interval_ms=lim.max_interval_ms,
+                    max_finished_sessions=lim.max_finished_sessions,
+                    pid_max=getattr(probe_lim, "pid_max", 0),
+                    max_stats=getattr(probe_lim, "max_stats", 0),
+                    max_rules=getattr(probe_lim, "max_rules", 0)),
+                sessions_running=counts["running"], sessions_finished=counts["finished"],
+                tracked_pids=counts["tracked"], drops=_convert.drops_to_pb(drops),
+                watch_updates_missed=counts["watch_missed"], watchers=counts["watchers"],
+                now_ns=time.monotonic_ns())
+        return self._call(context, info)
+
+    def StartSession(self, request: pb.StartSessionRequest,
+                     context: grpc.ServicerContext) -> pb.StartSessionResponse:
+        def start(caller: Caller) -> pb.StartSessionResponse:
+            if not request.HasField("target"):
+                raise RequestError(ErrorKind.INVALID, "target: required")
+            target = _convert.target_from_pb(request.target)
+            if isinstance(target, SpawnedTarget) and not _peer_is_local(context):
+                raise RequestError(ErrorKind.INVALID, "target.spawned: only for clients on "
+                                   "the daemon's host (Unix socket or loopback)")
+            options = _convert.options_from_pb(request.options)
+            summary = self.hub.start(caller, target, options)
+            log.info("session started", extra={"kv": {
+                "session": summary.id, "owner": caller.name,
+                "target": request.target.WhichOneof("kind")}})
+            return pb.StartSessionResponse(session_id=summary.id,
+                                           session=_convert.summary_to_pb(summary))
+        return self._call(context, start)
+
+    def StopSession(self, request: pb.StopSessionRequest,
+                    context: grpc.ServicerContext) -> pb.StopSessionResponse:
+        def stop(caller: Caller) -> pb.StopSessionResponse:
+            summary = self.hub.stop(caller, request.session_id)
+            log.info("session stopped", extra={"kv": {"session": summary.id,
+                                                      "owner": caller.name}})
+            return pb.StopSessionResponse(session=_convert.summary_to_pb(summary))
+        return self._call(context, stop)
+
+    def ListSessions(self, request: pb.ListSessionsRequest,
+                     context: grpc.ServicerContext) -> pb.ListSessionsResponse:
+        def list_(caller: Caller) -> pb.ListSessionsResponse:
+            state = _convert.state_from_pb(request.state)
+            return pb.ListSessionsResponse(sessions=[
+                _convert.summary_to_pb(s) for s in self.hub.list_sessions(caller, state)])
+        return self._call(context, list_)
+
+    def GetReport(self, request: pb.GetReportRequest,
+                  context: grpc.ServicerContext) -> pb.GetReportResponse:
+        def report(caller: Caller) -> pb.GetReportResponse:
+            summary, rep = self.hub.report(caller, request.session_id)
+            return pb.GetReportResponse(session=_convert.summary_to_pb(summary),
+                                        report=_convert.report_to_pb(rep, self.name_of))
+        return self._call(context, report)
+
+    def Watch(self, request: pb.WatchRequest,
+              context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
+        w = self._call(context, lambda caller: self.hub.watch(
+            caller, request.session_id, request.interval_ms, request.per_process))
+        # Runs when the RPC ends for any reason, a vanished client included: the
+        # watcher's slot and mailbox are freed at once.
+        if not context.add_callback(lambda: self.hub.unwatch(w)):
+            self.hub.unwatch(w)  # the client left before the callback could be registered
+            return
+        seq = 0
+        last: dict[int, SyscallStats] = {}
+        while context.is_active():
+            view, missed, states, final = w.take(0.25)
+            for s in states:
+                yield pb.WatchResponse(state=_convert.summary_to_pb(s))
+            if view is not None and final is None:
+                seq += 1
+                delta = _delta(view, last)
+                last = view.totals
+                yield pb.WatchResponse(update=_convert.view_to_pb(seq, view, missed, delta,
+                                                                  self.name_of))
+            if final is not None:
+                summary, rep = final
+                yield pb.WatchResponse(final=pb.GetReportResponse(
+                    session=_convert.summary_to_pb(summary),
+                    report=_convert.report_to_pb(rep, self.name_of)))
+                return
+            if w.closed:
+                return
+
+
+def _delta(view: View, last: dict[int, SyscallStats]) -> dict[int, SyscallStats]:
+    out = {}
+    for nr, st in view.totals.items():
+        d = st.since(last[nr]) if nr in last else sum_stats([{nr: st}])[nr]
+        if d.calls:
+            out[nr] = d
+    return out
+
+
+# ---------------------------------------------------------------------- sockets
+
+
+def _prepare_socket_dir(path: Path, gid: int | None) -> None:
+    d = path.parent
+    d.mkdir(mode=0o750 if gid is not None else 0o755, parents=True, exist_ok=True)
+    st = d.stat()
+    if st.st_mode & stat.S_IWOTH or (st.st_uid != os.geteuid()):
+        raise BadInput(f"socket directory {d} must be owned by the daemon's user and not "
+                       "world-writable")
+    if gid is not None:
+        os.chown(d, -1, gid)
+        os.chmod(d, 0o750)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise BadInput(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: left by a daemon that died
+        else:
+            raise BadInput(f"{path}: another daemon is listening there")
+        finally:
+            probe.close()
+
+
+def _socket_gid(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise BadInput(f"socket group {group!r} does not exist") from None
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise BadInput(f"{what} {path}: {e.strerror}") from None
+
+
+def build_server(hub: Hub, config: DaemonConfig, features: list[str]) -> grpc.Server:
+    check_transport(config)
+    tokens = load_tokens(config.tokens) if config.tokens else None
+    lim = hub.limits
+    opts = [("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0)]
+    # Every Watch holds a worker for its lifetime; unary calls need the rest.
+    workers = lim.max_watchers + 16
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+                                                    thread_name_prefix="grpc"),
+                         options=opts, maximum_concurrent_rpcs=workers)
+    pb_grpc.add_TracerServicer_to_server(Servicer(hub, Auth(tokens), config, features), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server.health = health_servicer  # type: ignore[attr-defined]
+
+    if config.socket:
+        path = Path(config.socket)
+        gid = _socket_gid(config.socket_group)
+        _prepare_socket_dir(path, gid)
+        # The socket is created by grpc at bind; the umask makes it 0660 from birth,
+        # so there is no window in which others could connect.
+        old = os.umask(0o117)
+        try:
+            if server.add_insecure_port(f"unix:{path}") == 0:
+                raise BadInput(f"cannot listen on {path}")
+        finally:
+            os.umask(old)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
+    creds = None
+    if config.tls_cert and config.tls_key:
+        ca = _read(config.tls_client_ca, "--tls-client-ca")
+        creds = grpc.ssl_server_credentials(
+            [(_read(config.tls_key, "--tls-key") or b"", _read(config.tls_cert, "--tls-cert")
+              or b"")], root_certificates=ca, require_client_auth=ca is not None)
+    for addr in config.listen:
+        port = (server.add_insecure_port(addr) if config.insecure or creds is None
+                else server.add_secure_port(addr, creds))
+        if port == 0:
+            raise BadInput(f"cannot listen on {addr}")
+    return server
+
+
+# ---------------------------------------------------------------------- logging
+
+
+_PRIO = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _LogFormat(logging.Formatter):
+    """logfmt lines; with an ``<N>`` priority prefix when stderr is the journal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal = "JOURNAL_STREAM" in os.environ
+
+    def format(self, record: logging.LogRecord) -> str:
+        kv = {"level": record.levelname.lower(), "msg": record.getMessage()}
+        kv.update(getattr(record, "kv", {}))
+        parts = []
+        for k, v in kv.items():
+            text = str(v)
+            if not text or any(c in text for c in ' ="'):
+                text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            parts.append(f"{k}={text}")
+        line = " ".join(parts)
+        if record.exc_info:
+            line += " error=" + repr(str(record.exc_info[1]))
+        if self.journal:
+            return f"<{_PRIO.get(record.levelname, 6)}>{line}"
+        return f"ts={time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    log.handlers[:] = [handler]
+    log.propagate = False
+    try:
+        log.setLevel(level.upper())
+    except ValueError:
+        raise BadInput(f"log level {level!r}: use debug, info, warning or error") from None
+
+
+def _sd_notify(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), addr)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+FEATURES = ["raw_tracepoint:sys_enter", "raw_tracepoint:sys_exit", "tracepoint:task_newtask",
+            "tracepoint:sched_process_exec", "tracepoint:sched_process_exit", "ringbuf",
+            "percpu_hash", "btf:task_struct.exit_code"]
+
+
+def serve(config: DaemonConfig) -> int:
+    from ._probe import Limits, Probe  # noqa: PLC0415 - bcc only when serving
+
+    setup_logging(config.log_level)
+    check_transport(config)
+    if config.tokens:
+        load_tokens(config.tokens)  # a bad tokens file fails before BPF is loaded
+    probe = Probe(Limits.for_this_kernel()).open()
+    stop = threading.Event()
+    drain = None
+    server = None
+    try:
+        hub = Hub(probe, config.limits)
+        server = build_server(hub, config, FEATURES)
+        drain = threading.Thread(
+            target=drain_forever, args=(hub, stop),
+            kwargs={"on_error": lambda e: log.error("drain failed", exc_info=e)},
+            name="drain", daemon=True)
+        drain.start()
+        server.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, _f: stop.set())
+        log.info("serving", extra={"kv": {
+            "version": __version__, "socket": config.socket or "-",
+            "listen": ",".join(config.listen) or "-", "pid": os.getpid()}})
+        _sd_notify("READY=1")
+        while not stop.wait(1.0):
+            pass
+        _sd_notify("STOPPING=1")
+        log.info("shutting down: finishing every session")
+        server.health.enter_graceful_shutdown()  # type: ignore[attr-defined]
+        hub.shutdown()
+        # Watchers have their final reports queued; give them a moment to send them.
+        server.stop(grace=5).wait()
+        server = None
+        return 0
+    finally:
+        stop.set()
+        if server is not None:
+            server.stop(grace=0)
+        if drain is not None:
+            drain.join(timeout=5)
+        probe.close()
+        if config.socket:
+            with contextlib.suppress(OSError):
+                Path(config.socket).unlink()
+        log.info("stopped: BPF programs detached")

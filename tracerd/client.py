@@ -1,0 +1,230 @@
+"""A typed client for a tracerd daemon (``tracerd serve``); the CLI uses it too.
+
+    from tracerd.client import Client
+    with Client("/run/tracerd/tracerd.sock") as c:
+        s = c.start_pid(1234, children=True)
+        for event in c.watch(s.id, interval_ms=1000):
+            ...
+        summary, report = c.report(s.id)
+
+Addresses: a Unix socket path (``/run/...`` or ``unix:/run/...``), or ``HOST:PORT`` for
+TCP with TLS (``tls_ca``; ``tls_cert``/``tls_key`` for mTLS), or plaintext with
+``insecure=True`` (the daemon allows that on loopback only). Results are the same
+dataclasses ``tracerd run`` produces (tracerd.model.Report), not protobuf messages.
+Errors raise :class:`ClientError` with the gRPC status and the daemon's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from . import _convert
+from ._config import DEFAULT_SOCKET
+from ._errors import TracerdError
+from ._sessions import (
+    CgroupTarget,
+    ExecRuleTarget,
+    PidTarget,
+    SessionOptions,
+    SessionSummary,
+    SpawnedTarget,
+    State,
+    Target,
+)
+from .model import Drops, ProcessInfo, Report, SyscallStats
+from .v1 import tracerd_pb2 as pb
+from .v1 import tracerd_pb2_grpc as pb_grpc
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "Final",
+    "SessionSummary",
+    "State",
+    "Update",
+]
+
+#: Exit statuses of the CLI for daemon errors (sysexits(3), as for local errors).
+_EXIT_FOR_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 65,
+    grpc.StatusCode.FAILED_PRECONDITION: 65,
+    grpc.StatusCode.OUT_OF_RANGE: 65,
+    grpc.StatusCode.NOT_FOUND: 66,
+    grpc.StatusCode.INTERNAL: 70,
+    grpc.StatusCode.UNKNOWN: 70,
+    grpc.StatusCode.UNAVAILABLE: 75,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 75,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 75,
+    grpc.StatusCode.PERMISSION_DENIED: 77,
+    grpc.StatusCode.UNAUTHENTICATED: 77,
+}
+
+
+class ClientError(TracerdError):
+    """A call the daemon refused or could not answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{message} ({code.name})", _EXIT_FOR_STATUS.get(code, 1))
+        self.code = code
+        self.details = message
+
+
+@dataclass
+class Update:
+    """One interval of a Watch stream."""
+
+    seq: int
+    ts_ns: int
+    missed: int  #: updates coalesced into this one because the client read slowly
+    delta: dict[int, SyscallStats]
+    totals: dict[int, SyscallStats]
+    processes: dict[int, ProcessInfo]
+    drops: Drops
+
+
+@dataclass
+class Final:
+    """The last message of a Watch stream."""
+
+    session: SessionSummary
+    report: Report
+
+
+WatchEvent = Update | SessionSummary | Final
+
+
+def _is_unix(address: str) -> bool:
+    return address.startswith(("unix:", "/", "."))
+
+
+class Client:
+    def __init__(self, address: str = DEFAULT_SOCKET, *, token: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, insecure: bool = False,
+                 timeout: float = 30.0, options: list[tuple[str, int | str]] | None = None
+                 ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata: tuple[tuple[str, str | bytes], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
+        opts = list(options or [])
+        if _is_unix(address):
+            target = address if address.startswith("unix:") else f"unix:{address}"
+            self._channel = grpc.insecure_channel(target, options=opts)
+        elif insecure:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        else:
+            def read(p: str | None) -> bytes | None:
+                return Path(p).read_bytes() if p else None
+            creds = grpc.ssl_channel_credentials(root_certificates=read(tls_ca),
+                                                 private_key=read(tls_key),
+                                                 certificate_chain=read(tls_cert))
+            self._channel = grpc.secure_channel(address, creds, options=opts)
+        self._stub = pb_grpc.TracerStub(self._channel)
+
+    # context manager -----------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _err(self, e: grpc.RpcError) -> ClientError:
+        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (e.details() if isinstance(e, grpc.Call) else None) or str(e)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            details = f"cannot reach tracerd at {self.address}: {details}"
+        return ClientError(code, details)
+
+    # calls ---------------------------------------------------------------------------
+    def info(self) -> pb.GetInfoResponse:
+        try:
+            return self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout,
+                                      metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+
+    def start(self, target: Target, options: SessionOptions | None = None) -> SessionSummary:
+        req = pb.StartSessionRequest(target=_convert.target_to_pb(target),
+                                     options=_convert.options_to_pb(options or SessionOptions()))
+        try:
+            resp = self._stub.StartSession(req, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        return _convert.summary_from_pb(resp.session)
+
+    def start_pid(self, pid: int, *, children: bool = False,
+                  options: SessionOptions | None = None) -> SessionSummary:
+        return self.start(PidTarget(pid=pid, children=children), options)
+
+    def start_cgroup(self, path: str, options: SessionOptions | None = None) -> SessionSummary:
+        return self.start(CgroupTarget(path=path), options)
+
+    def start_exec_rule(self, *, comm: str = "", path: str = "", children: bool = True,
+                        options: SessionOptions | None = None) -> SessionSummary:
+        return self.start(ExecRuleTarget(comm=comm, path=path, children=children), options)
+
+    def start_spawned(self, pid: int, argv: list[str],
+                      options: SessionOptions | None = None) -> SessionSummary:
+        return self.start(SpawnedTarget(pid=pid, argv=tuple(argv)), options)
+
+    def stop(self, session_id: str) -> SessionSummary:
+        try:
+            resp = self._stub.StopSession(pb.StopSessionRequest(session_id=session_id),
+                                          timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        return _convert.summary_from_pb(resp.session)
+
+    def list(self, state: State | None = None) -> list[SessionSummary]:
+        req = pb.ListSessionsRequest(
+            state=_convert.state_to_pb(state) if state else pb.SESSION_STATE_UNSPECIFIED)
+        try:
+            resp = self._stub.ListSessions(req, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        return [_convert.summary_from_pb(s) for s in resp.sessions]
+
+    def report(self, session_id: str) -> tuple[SessionSummary, Report]:
+        try:
+            resp = self._stub.GetReport(pb.GetReportRequest(session_id=session_id),
+                                        timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        return _convert.summary_from_pb(resp.session), _convert.report_from_pb(resp.report)
+
+    def watch(self, session_id: str, interval_ms: int = 1000,
+              per_process: bool = False) -> Iterator[WatchEvent]:
+        """Updates, state changes, then the Final report; ends when the session does."""
+        req = pb.WatchRequest(session_id=session_id, interval_ms=interval_ms,
+                              per_process=per_process)
+        stream = self._stub.Watch(req, metadata=self._metadata)
+        try:
+            for m in stream:
+                kind = m.WhichOneof("kind")
+                if kind == "update":
+                    u = m.update
+                    yield Update(seq=u.seq, ts_ns=u.ts_ns, missed=u.missed,
+                                 delta=_convert.stats_from_pb(u.delta),
+                                 totals=_convert.stats_from_pb(u.totals),
+                                 processes={p.pid: _convert.process_from_pb(p)
+                                            for p in u.processes},
+                                 drops=_convert.drops_from_pb(u.drops))
+                elif kind == "state":
+                    yield _convert.summary_from_pb(m.state)
+                elif kind == "final":
+                    yield Final(session=_convert.summary_from_pb(m.final.session),
+                                report=_convert.report_from_pb(m.final.report))
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        finally:
+            stream.cancel()
