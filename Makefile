@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check unit privileged lint typecheck check syscalls fixtures bench-kernel clean
+.PHONY: help setup demo test golden-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, 
 demo: setup ## trace the bundled sample workload and print the strace -c style summary
 	$(TRACERD) run --percentiles -- sh examples/workload.sh
 
-test: setup lint typecheck golden-check ## run every test (unit + privileged BPF), as CI does
+test: setup lint typecheck proto-check golden-check ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check
 	$(PY) -m pytest -q -ra tests
 
@@ -44,6 +44,15 @@ check: lint typecheck ## lint and type-check
 
 syscalls: setup ## regenerate the syscall tables from tools/syscall-tables/
 	$(PY) tools/gen_syscalls.py
+
+proto: setup ## regenerate tracerd/v1/ from proto/tracerd/v1/*.proto
+	$(PY) tools/gen_proto.py
+
+proto-check: setup ## fail if tracerd/v1/ is not what `make proto` generates
+	$(PY) tools/gen_proto.py --check
+
+serve: setup ## run the daemon in the foreground on /run/tracerd/tracerd.sock
+	$(TRACERD) serve
 
 bench-kernel: setup ## in-kernel and wall cost per syscall vs empty programs (bench/kernel_cost)
 	$(PY) bench/kernel_cost.py

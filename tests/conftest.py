@@ -86,3 +86,59 @@ def traced_json(tmp_path: Path, cmd: Sequence[str], *extra: str,
 
 def by_name(syscalls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in syscalls}
+
+
+class Daemon:
+    """A real ``tracerd serve`` in a child process, on a Unix socket in a temp dir."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.workdir = workdir
+        self.socket = str(workdir / "run" / "tracerd.sock")
+        self.log_path = workdir / "daemon.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracerd", "serve", "--socket", self.socket, *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def client(self, **kw: Any) -> Any:
+        from tracerd.client import Client  # noqa: PLC0415
+
+        return Client(self.socket, **kw)
+
+    def wait_ready(self, timeout: float = 120.0) -> Daemon:
+        import time  # noqa: PLC0415
+
+        from tracerd.client import ClientError  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tracerd serve exited {self.proc.returncode}: "
+                                     f"{self.log()}")
+            if os.path.exists(self.socket):
+                try:
+                    with self.client(timeout=5) as c:
+                        c.info()
+                    return self
+                except ClientError:
+                    pass
+            time.sleep(0.1)
+        raise AssertionError(f"tracerd serve not ready after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+    def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """``tracerd sessions ...`` against this daemon."""
+        return tracerd("sessions", *args, "--remote", self.socket, **kw)

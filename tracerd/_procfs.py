@@ -71,3 +71,17 @@ def children(pid: int) -> list[int]:
             with contextlib.suppress(OSError, ValueError):
                 out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 (unified) hierarchy is mounted: /sys/fs/cgroup on a pure v2
+    system, often /sys/fs/cgroup/unified on a hybrid one; None without cgroup v2."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split()[4].replace("\\040", " "))
+    return None

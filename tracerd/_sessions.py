@@ -43,8 +43,6 @@ from .model import (
     SyscallStats,
 )
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
 #: Pid used in reports for the folded counts of exited processes of a session that does
 #: not keep per-process detail.
 FOLDED_PID = 0
@@ -277,17 +275,26 @@ class Watcher:
 
 
 def resolve_cgroup(path: str) -> Path:
-    """The cgroup v2 directory a target names; RequestError when it is not one."""
+    """The cgroup v2 directory a target names; RequestError when it is not one.
+
+    A relative path is taken from the cgroup v2 mount point (/sys/fs/cgroup, or e.g.
+    /sys/fs/cgroup/unified on a hybrid system), as /proc/PID/cgroup shows paths.
+    """
     if not path:
         raise RequestError(ErrorKind.INVALID, "target.cgroup.path: must not be empty")
+    root = _procfs.cgroup2_root()
+    if root is None:
+        raise RequestError(ErrorKind.PRECONDITION, "target.cgroup: no cgroup v2 hierarchy "
+                           "is mounted on the daemon's host")
     p = Path(path)
-    full = p if p.is_absolute() else CGROUP_ROOT / p
+    if not p.is_absolute() or root not in (p, *p.parents):
+        p = root / path.lstrip("/")
     try:
-        full = full.resolve(strict=True)
-    except OSError:
+        full = p.resolve(strict=True)
+    except (OSError, ValueError):
         raise RequestError(ErrorKind.NOT_FOUND,
-                           f"target.cgroup.path: no cgroup at {full}") from None
-    if CGROUP_ROOT.resolve() not in (full, *full.parents) or not (full / "cgroup.procs").is_file():
+                           f"target.cgroup.path: no cgroup at {p}") from None
+    if root.resolve() not in (full, *full.parents) or not (full / "cgroup.procs").is_file():
         raise RequestError(ErrorKind.INVALID,
                            f"target.cgroup.path: {full} is not a cgroup v2 directory")
     return full
@@ -799,6 +806,7 @@ class Hub:
         cur.update(final)
         self._snapshot[pid] = cur
         exit = ExitStatus.from_wait_status(exit_code) if exit_code is not None else None
+        ended: list[Session] = []
         for s in list(self._running()):
             m = s.members.get(pid)
             if m is None:
@@ -817,9 +825,11 @@ class Hub:
                                                                 comm="(exited, folded)")
                 folded.syscalls = sum_stats([folded.syscalls, stats])
             if s.ends_with_processes and not s.members:
-                self._finish(s, State.FINISHED, "all processes exited")
+                ended.append(s)
         del self.procs[pid]
         self._snapshot.pop(pid, None)
+        for s in ended:
+            self._finish(s, State.FINISHED, "all processes exited")
 
     def _sweep(self, now: int) -> None:
         """Repair what lost events or races leave behind (about once a second).
@@ -832,11 +842,20 @@ class Hub:
         if now - self._last_liveness_ns < 1_000_000_000:
             return
         self._last_liveness_ns = now
-        for pid in [p for p in self.procs if not self.probe.is_tracked(p)]:
-            st = _procfs.stat(pid)
-            if st is None or st[0] in ("Z", "X"):
-                self._on_exit(pid, now, None)
+        cleared = [p for p in self.procs if not self.probe.is_tracked(p)]
         strays = [t for t in self._snapshot if t not in self.procs and not self.probe.is_tracked(t)]
+        if cleared or strays:
+            # The kernel emits a process's fork record before the child can run and its
+            # exit record before clearing its flag, so the records read *after* seeing a
+            # flag cleared include both, unless they were lost. A process that forked and
+            # exited since the last poll is thus adopted here, not mistaken for a stray.
+            for ev in self.probe.poll_events(0):
+                self._on_event(ev)
+        for pid in cleared:
+            st = _procfs.stat(pid)
+            if pid in self.procs and (st is None or st[0] in ("Z", "X")):
+                self._on_exit(pid, now, None)  # its exit record was lost: status unknown
+        strays = [t for t in strays if t not in self.procs]
         if strays:
             self.probe.delete_stats(strays)
             for t in strays:
