@@ -29,12 +29,15 @@ def generate(out_root: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
     (out_root / OUT_PKG).mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
          f"--python_out={out_root}", f"--grpc_python_out={out_root}",
          f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}", *protos],
-        check=True, env=env, cwd=PROTO_DIR, stdout=subprocess.DEVNULL,
+        env=env, cwd=PROTO_DIR, capture_output=True, text=True, check=False,
     )
+    if done.returncode != 0:  # the generators' chatter is shown only when they fail
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"gen_proto: protoc failed with status {done.returncode}")
     (out_root / OUT_PKG / "__init__.py").write_text(INIT)
 
 
