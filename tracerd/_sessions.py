@@ -444,12 +444,19 @@ class Hub:
                 sid = secrets.token_hex(6)
             sess = Session(id=sid, target=target, options=options, owner=caller,
                            start_ns=self.clock(), drops_base=self.probe.drops())
-            if isinstance(target, PidTarget | SpawnedTarget):
-                self._start_pid(sess, caller, target)
-            elif isinstance(target, CgroupTarget):
-                self._start_cgroup(sess, caller, target)
-            else:
-                self._start_rule(sess, caller, target)
+            try:
+                if isinstance(target, PidTarget | SpawnedTarget):
+                    self._start_pid(sess, caller, target)
+                elif isinstance(target, CgroupTarget):
+                    self._start_cgroup(sess, caller, target)
+                else:
+                    self._start_rule(sess, caller, target)
+            except BaseException:
+                # Half-started: whatever it tracked or added to the kernel goes again,
+                # so a refused request never leaves a tracked pid or a rule behind.
+                self._drop_rules(sess)
+                self._release_unwanted()
+                raise
             self.sessions[sid] = sess
             self._forget_old()
             return self.summary(sess)

@@ -248,7 +248,7 @@ def test_exec_rule_catches_a_later_exec_from_its_first_syscall(
     s = client.start_exec_rule(comm=comm, options=SessionOptions(per_process=True))
     try:
         assert subprocess.run([str(exe), "exact", "20", "0"], capture_output=True,
-                              timeout=60).returncode == 0
+                              timeout=60, check=False).returncode == 0
         deadline = time.monotonic() + 10
         while True:  # the daemon learns of the exits at its next drain
             _, live = client.report(s.id)
@@ -412,7 +412,7 @@ def test_slow_watcher_does_not_hold_back_others(daemon: Daemon, fixture_bin: Pat
 
         t = threading.Thread(target=run_fast, daemon=True)
         t.start()
-        for k in range(20):
+        for _ in range(20):
             p.stdin.write("1000\n")
             p.stdin.flush()
             assert p.stdout.readline().strip() == "done 1000"
@@ -445,7 +445,8 @@ def test_slow_watcher_does_not_hold_back_others(daemon: Daemon, fixture_bin: Pat
         assert c.info().watchers == 0  # both streams ended and freed their slots
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_malformed_requests_get_precise_statuses(daemon: Daemon, data: st.DataObject) -> None:
     channel = grpc.insecure_channel(f"unix:{daemon.socket}")
@@ -509,12 +510,38 @@ def _is_syscall_spec(s: str) -> bool:
     return True
 
 
+def test_health_reflection_and_info(daemon: Daemon, client: Client) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for name in ("", "tracerd.v1.Tracer"):
+            resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = list(refl.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert {"tracerd.v1.Tracer", "grpc.health.v1.Health"} <= names
+    info = client.info()
+    assert info.arch == os.uname().machine and info.kernel == os.uname().release
+    assert "ringbuf" in info.bpf_features
+    assert info.limits.max_watchers == 8 and info.limits.pid_max > 0
+    assert info.limits.min_interval_ms == 50
+
+
 def test_sigterm_finishes_sessions_with_an_interrupted_report(tmp_path: Path) -> None:
-    dm = Daemon(tmp_path).wait_ready()
+    config = tmp_path / "tracerd.toml"
+    config.write_text('log_level = "debug"\n[limits]\nmax_sessions = 1\n')
+    dm = Daemon(tmp_path, "--config", str(config)).wait_ready()
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         with dm.client() as c:
             s = c.start_pid(sleeper.pid)
+            with pytest.raises(ClientError) as e:  # the config file's limit
+                c.start_pid(sleeper.pid)
+            assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             got: list[Any] = []
 
             def watch() -> None:
