@@ -56,9 +56,9 @@ static __always_inline __u32 log2_u64(__u64 v)
 	return r | (__u32)(v >> 1);
 }
 
-static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr)
+static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr, __u32 gen)
 {
-	struct stats_key key = {.tgid = tgid, .nr = nr};
+	struct stats_key key = {.tgid = tgid, .nr = nr, .gen = gen};
 	struct stats_val *s = stats.lookup(&key);
 	if (s)
 		return s;
@@ -100,6 +100,8 @@ static __always_inline struct event *new_event(__u32 type, __u32 pid, __u32 ppid
 	e->exit_code = code;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->flags = 0;
+	e->gen = 0;
+	e->_pad = 0;
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->ts_ns = bpf_ktime_get_ns();
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
@@ -126,7 +128,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 		return 0;
 	/* The call is counted when it returns, or at thread exit if it never does
 	 * (exit, exit_group, or a thread killed inside a blocking call). */
-	t->nr = (__u32)ctx->args[1];
+	t->nr = (__u16)ctx->args[1];
 	t->start_ns = bpf_ktime_get_ns();
 	return 0;
 }
@@ -148,7 +150,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	t->start_ns = 0;
 	long ret = (long)ctx->args[1];
 
-	struct stats_val *s = stats_slot(tgid, nr);
+	struct stats_val *s = stats_slot(tgid, nr, g->gen);
 	if (!s)
 		return 0;
 	s->calls++;
@@ -183,6 +185,7 @@ TRACEPOINT_PROBE(task, task_newtask)
 	}
 	c->start_ns = 0;
 	c->nr = 0;
+	c->gen = 0;
 	c->tracked = g->tracked;
 	emit(EV_FORK, child, tgid, 0);
 	return 0;
@@ -216,6 +219,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		g->tracked = 1;
 		g->start_ns = 0;
 	}
+	/* A new generation: the in-flight execve and everything after it are counted
+	 * under it (the execve of an already tracked process included). */
+	g->gen++;
 	__u32 old = args->old_pid;
 	if (old != tgid) {
 		/* A non-leader thread exec'd and took over the leader's pid: its
@@ -232,6 +238,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	if (!e)
 		return 0;
 	e->flags = flags;
+	e->gen = g->gen;
 	if (pk)
 		__builtin_memcpy(e->filename, pk->path, sizeof(e->filename));
 	events.ringbuf_submit(e, 0);
@@ -249,7 +256,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (g && g->tracked) {
 		if (t->start_ns) {
 			/* The call this thread is in will never return: count it, untimed. */
-			struct stats_val *s = stats_slot(tgid, t->nr);
+			struct stats_val *s = stats_slot(tgid, t->nr, g->gen);
 			if (s)
 				s->calls++;
 		}
@@ -268,7 +275,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	t->nr = 0;
 	if (tid != tgid)
 		t->tracked = 0;
-	if (args->group_dead && g)
+	if (args->group_dead && g) {
 		g->tracked = 0;
+		g->gen = 0;
+	}
 	return 0;
 }

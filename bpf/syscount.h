@@ -51,8 +51,9 @@
  * verifier (no hashing on the path of untracked processes). */
 struct pid_state {
 	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter, 0 when not in a syscall */
-	__u32 nr;       /* syscall number seen at sys_enter */
-	__u32 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
+	__u32 gen;      /* on a tgid's slot: exec generation, +1 at each exec while tracked */
+	__u16 nr;       /* syscall number seen at sys_enter */
+	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
 };
 
 /* Key of rule_path: the execve path, NUL-padded (so equal strings hash equal). */
@@ -65,9 +66,13 @@ struct comm_key {
 	char comm[COMM_LEN];
 };
 
+/* Counts are kept per exec generation, so user space can tell exactly which calls
+ * came after a given exec (an exec rule's session starts there) without reading the
+ * map at that instant. A process has one generation per exec while tracked. */
 struct stats_key {
 	__u32 tgid;
 	__u32 nr;
+	__u32 gen;
 };
 
 /* Per-CPU, so the hot path needs no atomics; user space sums the CPUs. */
@@ -95,6 +100,8 @@ struct event {
 	__s32 exit_code; /* EV_EXIT: raw task->exit_code, -1 when unknown */
 	__u32 uid;       /* real uid of the current task (the parent, for EV_FORK) */
 	__u32 flags;     /* EVF_* */
+	__u32 gen;       /* EV_EXEC: the exec generation that starts here */
+	__u32 _pad;
 	__u64 cgroup_id; /* cgroup v2 id of the current task (inode of its directory) */
 	__u64 ts_ns;     /* bpf_ktime_get_ns() when it happened */
 	char comm[COMM_LEN];

@@ -204,7 +204,7 @@ def load_tokens(path: str) -> list[Token]:
             raise BadInput(f"{path}: {where}name: {name!r} is empty, reserved or repeated")
         seen_names.add(name)
         if ("sha256" in t) == ("secret" in t):
-            raise BadInput(f"{path}: {where}: give exactly one of sha256 and secret")
+            raise BadInput(f"{path}: token[{i}]: give exactly one of sha256 and secret")
         if "secret" in t:
             d = digest(_check(path, where, "secret", t["secret"], str))
         else:
@@ -219,9 +219,15 @@ def load_tokens(path: str) -> list[Token]:
         if "uids" in t:
             raw = _check(path, where, "uids", t["uids"], list)
             uids = frozenset(_check(path, where, f"uids[{j}]", u, int) for j, u in enumerate(raw))
+            if any(u < 0 for u in uids):
+                raise BadInput(f"{path}: {where}uids: uids are >= 0")
         max_sessions = None
         if "max_sessions" in t:
             max_sessions = _check(path, where, "max_sessions", t["max_sessions"], int)
+            if max_sessions <= 0:
+                raise BadInput(f"{path}: {where}max_sessions: must be > 0, got {max_sessions}")
+        if any(hmac.compare_digest(d, other.digest) for other in tokens):
+            raise BadInput(f"{path}: {where}: the same secret as an earlier token")
         caller = Caller(name=name, uids=uids,
                         exec_rules=_check(path, where, "exec_rules", t.get("exec_rules", False),
                                           bool),

@@ -98,7 +98,7 @@ def _exit_from_pb(owner: pb.Process | pb.Report) -> ExitStatus | None:
 
 def process_to_pb(p: ProcessInfo, name_of: NameOf) -> pb.Process:
     m = pb.Process(pid=p.pid, ppid=p.ppid, comm=p.comm, argv=p.argv, filename=p.filename,
-                   uid=p.uid or 0, cgroup=p.cgroup, start_ns=p.start_ns, end_ns=p.end_ns or 0,
+                   uid=p.uid, cgroup=p.cgroup, start_ns=p.start_ns, end_ns=p.end_ns or 0,
                    syscalls=stats_to_pb(p.syscalls, name_of))
     if p.exit is not None:
         _exit_to_pb(p.exit, m.exit)
@@ -107,7 +107,8 @@ def process_to_pb(p: ProcessInfo, name_of: NameOf) -> pb.Process:
 
 def process_from_pb(m: pb.Process) -> ProcessInfo:
     return ProcessInfo(pid=m.pid, ppid=m.ppid, comm=m.comm, argv=list(m.argv),
-                       filename=m.filename, uid=m.uid, cgroup=m.cgroup, start_ns=m.start_ns,
+                       filename=m.filename, uid=m.uid if m.HasField("uid") else None,
+                       cgroup=m.cgroup, start_ns=m.start_ns,
                        end_ns=m.end_ns or None, exit=_exit_from_pb(m),
                        syscalls=stats_from_pb(m.syscalls))
 
@@ -160,6 +161,8 @@ def target_to_pb(t: Target) -> pb.Target:
 def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOptions:
     spec = tuple(m.syscalls)
     keep = None
+    if any(not item.strip(" ,") for item in spec):
+        raise RequestError(ErrorKind.INVALID, "options.syscalls: an empty entry selects nothing")
     if spec:
         try:
             keep = syscalls.resolve(spec, arch)

@@ -30,11 +30,12 @@ _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # ctypes mirrors of bpf/syscount.h; tests/privileged/test_layout.py checks them
 # against the layout BCC compiled.
 class PidState(ct.Structure):
-    _fields_ = [("start_ns", ct.c_uint64), ("nr", ct.c_uint32), ("tracked", ct.c_uint32)]
+    _fields_ = [("start_ns", ct.c_uint64), ("gen", ct.c_uint32), ("nr", ct.c_uint16),
+                ("tracked", ct.c_uint16)]
 
 
 class StatsKey(ct.Structure):
-    _fields_ = [("tgid", ct.c_uint32), ("nr", ct.c_uint32)]
+    _fields_ = [("tgid", ct.c_uint32), ("nr", ct.c_uint32), ("gen", ct.c_uint32)]
 
 
 class StatsVal(ct.Structure):
@@ -55,6 +56,8 @@ class Event(ct.Structure):
         ("exit_code", ct.c_int32),
         ("uid", ct.c_uint32),
         ("flags", ct.c_uint32),
+        ("gen", ct.c_uint32),
+        ("_pad", ct.c_uint32),
         ("cgroup_id", ct.c_uint64),
         ("ts_ns", ct.c_uint64),
         ("comm", ct.c_char * 16),
@@ -172,6 +175,14 @@ def _sum_cpus(values: Iterable[StatsVal]) -> SyscallStats:
     return out
 
 
+def _sum_gens(by_gen: dict[tuple[int, int, int], SyscallStats]
+              ) -> dict[tuple[int, int], SyscallStats]:
+    out: dict[tuple[int, int], SyscallStats] = {}
+    for (tgid, _gen, nr), st in by_gen.items():
+        out.setdefault((tgid, nr), SyscallStats()).add(st)
+    return out
+
+
 class Probe:
     """The loaded and attached BPF programs; use as a context manager."""
 
@@ -230,13 +241,15 @@ class Probe:
         """Count every syscall of process ``pid`` (and of processes it forks from now on)."""
         if not 0 < pid < self.limits.pid_max:
             raise TracerdError(f"pid {pid} is outside 1..{self.limits.pid_max - 1}")
-        self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 1)
+        pids = self._bpf[b"pids"]
+        # Keeps the exec generation: counters already under it stay consistent.
+        pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 1)
 
     def untrack(self, pid: int) -> None:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
         # that thread exits; only a later re-track of the same process could see it.
         if 0 < pid < self.limits.pid_max:
-            self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 0)
+            self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 0, 0)
 
     def is_tracked(self, pid: int) -> bool:
         return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
@@ -279,6 +292,7 @@ class Probe:
                 uid=e.uid,
                 cgroup_id=e.cgroup_id,
                 rule_matched=bool(e.flags & _EVF_RULE_MATCHED),
+                gen=e.gen,
             )
         )
 
@@ -289,17 +303,25 @@ class Probe:
         return out
 
     def read_stats(self) -> dict[tuple[int, int], SyscallStats]:
-        """Cumulative (tgid, nr) -> stats, summed over CPUs, without changing the map.
+        """Cumulative (tgid, nr) -> stats, summed over CPUs and exec generations, without
+        changing the map.
 
         Counters only grow while a process lives, so reading without clearing loses
         nothing; entries are removed only once their process is gone (delete_stats).
         """
-        out: dict[tuple[int, int], SyscallStats] = {}
-        for key, per_cpu in self._lookup_batch():
-            out[(key.tgid, key.nr)] = _sum_cpus(per_cpu)
-        return out
+        return _sum_gens(self.read_stats_by_gen())
+
+    def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]:
+        """Cumulative (tgid, gen, nr) -> stats: per exec generation (see syscount.h)."""
+        return {(key.tgid, key.gen, key.nr): _sum_cpus(per_cpu)
+                for key, per_cpu in self._lookup_batch()}
 
     def delete_stats(self, tgids: Iterable[int]) -> dict[tuple[int, int], SyscallStats]:
+        """Read and remove the entries of processes that have exited, summed over gens."""
+        return _sum_gens(self.delete_stats_by_gen(tgids))
+
+    def delete_stats_by_gen(self, tgids: Iterable[int]
+                            ) -> dict[tuple[int, int, int], SyscallStats]:
         """Read and remove the entries of processes that have exited.
 
         Deleting is only safe once no thread of the tgid can make a syscall, which the
@@ -309,12 +331,12 @@ class Probe:
         if not wanted:
             return {}
         table = self._bpf[b"stats"]
-        final: dict[tuple[int, int], SyscallStats] = {}
+        final: dict[tuple[int, int, int], SyscallStats] = {}
         for key, per_cpu in self._lookup_batch():
             if key.tgid in wanted:
-                final[(key.tgid, key.nr)] = _sum_cpus(per_cpu)
+                final[(key.tgid, key.gen, key.nr)] = _sum_cpus(per_cpu)
                 with contextlib.suppress(KeyError):  # already gone: nothing to lose
-                    del table[StatsKey(key.tgid, key.nr)]
+                    del table[StatsKey(key.tgid, key.nr, key.gen)]
         return final
 
     def _lookup_batch(self) -> list[tuple[StatsKey, list[StatsVal]]]:
@@ -350,7 +372,7 @@ class Probe:
                     StatsVal.from_buffer_copy(vals, base + c * per_cpu_size)
                     for c in range(self._ncpus)
                 ]
-                out.append((StatsKey(keys[i].tgid, keys[i].nr), cpus))
+                out.append((StatsKey(keys[i].tgid, keys[i].nr, keys[i].gen), cpus))
             if rc != 0:
                 if err == errno.ENOENT:
                     return out

@@ -55,8 +55,9 @@ class ProbeLike(Protocol):
     def untrack(self, pid: int) -> None: ...
     def is_tracked(self, pid: int) -> bool: ...
     def poll_events(self, timeout_ms: int) -> list[LifecycleEvent]: ...
-    def read_stats(self) -> dict[tuple[int, int], SyscallStats]: ...
-    def delete_stats(self, tgids: list[int]) -> dict[tuple[int, int], SyscallStats]: ...
+    def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]: ...
+    def delete_stats_by_gen(self, tgids: list[int]
+                            ) -> dict[tuple[int, int, int], SyscallStats]: ...
     def drops(self) -> Drops: ...
     def add_rule(self, kind: str, value: str | int) -> None: ...
     def remove_rule(self, kind: str, value: str | int) -> None: ...
@@ -154,7 +155,8 @@ class State(Enum):
 @dataclass
 class _Member:
     info: ProcessInfo
-    baseline: dict[int, SyscallStats]  #: cumulative counts when it joined the session
+    baseline: dict[int, SyscallStats]  #: cumulative counts (gens >= min_gen) when it joined
+    min_gen: int = 0  #: exec generations before this one are not the session's (exec rules)
 
 
 @dataclass
@@ -311,10 +313,23 @@ def _cgroup_tree(root: Path) -> tuple[list[int], list[int]]:
     return ids, pids
 
 
-def _by_pid(snapshot: dict[tuple[int, int], SyscallStats]) -> dict[int, dict[int, SyscallStats]]:
-    out: dict[int, dict[int, SyscallStats]] = {}
-    for (tgid, nr), st in snapshot.items():
-        out.setdefault(tgid, {})[nr] = st
+#: A process's counters as the kernel keeps them: (exec generation, syscall) -> stats.
+GenStats = dict[tuple[int, int], SyscallStats]
+
+
+def _by_pid(snapshot: dict[tuple[int, int, int], SyscallStats]) -> dict[int, GenStats]:
+    out: dict[int, GenStats] = {}
+    for (tgid, gen, nr), st in snapshot.items():
+        out.setdefault(tgid, {})[(gen, nr)] = st
+    return out
+
+
+def _from_gen(stats: GenStats, min_gen: int = 0) -> dict[int, SyscallStats]:
+    """Per-syscall sums over the generations from ``min_gen`` on."""
+    out: dict[int, SyscallStats] = {}
+    for (gen, nr), st in stats.items():
+        if gen >= min_gen:
+            out.setdefault(nr, SyscallStats()).add(st)
     return out
 
 
@@ -330,6 +345,11 @@ def _since(cur: dict[int, SyscallStats], base: dict[int, SyscallStats]) -> dict[
 def _filtered(stats: dict[int, SyscallStats],
               keep: frozenset[int] | None) -> dict[int, SyscallStats]:
     return stats if keep is None else {nr: st for nr, st in stats.items() if nr in keep}
+
+
+def _merge(old: ProcessInfo, new: ProcessInfo) -> ProcessInfo:
+    """Two processes that had the same pid in one session (pid reuse), as one entry."""
+    return replace(new, start_ns=old.start_ns, syscalls=sum_stats([old.syscalls, new.syscalls]))
 
 
 def sum_stats(parts: list[dict[int, SyscallStats]]) -> dict[int, SyscallStats]:
@@ -354,7 +374,10 @@ class Hub:
         self.lock = threading.RLock()
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.procs: dict[int, ProcessInfo] = {}  #: processes tracked for some session
-        self._snapshot: dict[int, dict[int, SyscallStats]] = {}
+        self._snapshot: dict[int, GenStats] = {}
+        #: Forks no session follows, kept tracked for a moment while exec-rule sessions run:
+        #: one may exec into a rule match, and untracking it could race that exec.
+        self._limbo: dict[int, int] = {}
         self._rules: dict[tuple[str, str | int], int] = {}  #: kernel rule -> sessions using it
         self.watchers = 0
         self.watch_missed = 0
@@ -376,11 +399,12 @@ class Hub:
 
     def summary(self, sess: Session) -> SessionSummary:
         calls = sum(st.calls for st in self._totals(sess).values())
+        seen = (len(sess.final.processes) if sess.final is not None
+                else len(sess.members) + len(sess.exited))
         return SessionSummary(id=sess.id, state=sess.state, target=sess.target,
                               options=sess.options, owner=sess.owner.name,
                               start_ns=sess.start_ns, end_ns=sess.end_ns,
-                              end_reason=sess.end_reason,
-                              processes=len(sess.members) + len(sess.exited), calls=calls)
+                              end_reason=sess.end_reason, processes=seen, calls=calls)
 
     def list_sessions(self, caller: Caller, state: State | None = None) -> list[SessionSummary]:
         with self.lock:
@@ -404,12 +428,14 @@ class Hub:
 
     def _member_stats(self, sess: Session, pid: int) -> dict[int, SyscallStats]:
         m = sess.members[pid]
-        return _filtered(_since(self._snapshot.get(pid, {}), m.baseline), sess.options.syscalls)
+        cur = _from_gen(self._snapshot.get(pid, {}), m.min_gen)
+        return _filtered(_since(cur, m.baseline), sess.options.syscalls)
 
     def _processes(self, sess: Session) -> dict[int, ProcessInfo]:
         procs = dict(sess.exited)
         for pid, m in sess.members.items():
-            procs[pid] = replace(m.info, syscalls=self._member_stats(sess, pid))
+            live = replace(m.info, syscalls=self._member_stats(sess, pid))
+            procs[pid] = _merge(procs[pid], live) if pid in procs else live
         return dict(sorted(procs.items()))
 
     def _totals(self, sess: Session) -> dict[int, SyscallStats]:
@@ -504,6 +530,8 @@ class Hub:
             seen = {pid}
             while True:
                 new = [c for p in list(seen) for c in _procfs.children(p) if c not in seen]
+                # Descendants of another user stay out for a token limited to some uids.
+                new = [c for c in new if caller.may_trace_uid(_procfs.uid(c))]
                 if not new:
                     break
                 self._room_for(len(new))
@@ -601,7 +629,8 @@ class Hub:
         for pid in pids:
             if pid in self.procs and pid not in sess.members:
                 info = replace(self.procs[pid], start_ns=now, syscalls={})
-                sess.members[pid] = _Member(info=info, baseline=dict(self._snapshot.get(pid, {})))
+                sess.members[pid] = _Member(info=info,
+                                            baseline=_from_gen(self._snapshot.get(pid, {})))
 
     # ------------------------------------------------------------------ stopping
     def stop(self, caller: Caller, session_id: str) -> SessionSummary:
@@ -633,6 +662,10 @@ class Hub:
 
     def _release_unwanted(self) -> None:
         wanted = self._wanted()
+        if not any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running()):
+            for pid in list(self._limbo):
+                self.probe.untrack(pid)
+            self._limbo.clear()
         for pid in [p for p in self.procs if p not in wanted]:
             self.probe.untrack(pid)
             del self.procs[pid]
@@ -703,7 +736,7 @@ class Hub:
 
     # ------------------------------------------------------------------ the drain
     def _refresh(self) -> None:
-        self._snapshot = _by_pid(self.probe.read_stats())
+        self._snapshot = _by_pid(self.probe.read_stats_by_gen())
 
     def step(self, timeout_ms: int) -> None:
         """One drain: events, exits, a fresh snapshot, deadlines, watcher updates."""
@@ -737,9 +770,14 @@ class Hub:
         child, parent = ev.pid, ev.ppid
         takers = [s for s in self._running() if parent in s.members and s.follows_children
                   and s.owner.may_trace_uid(ev.uid)]
-        if not takers or child in self.procs:
-            if not takers:
-                # The kernel tracks every fork of a tracked process; nobody wants this one.
+        if child in self.procs:
+            return
+        if not takers:
+            # The kernel tracks every fork of a tracked process; nobody wants this one,
+            # unless an exec rule matches it soon: then it waits in limbo (see _sweep).
+            if any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running()):
+                self._limbo[child] = self.clock()
+            else:
                 self.probe.untrack(child)
             return
         if len(self.procs) >= self.limits.max_tracked_pids:
@@ -775,15 +813,20 @@ class Hub:
         known = pid in self.procs
         takers = self._rule_takers(ev)
         if not known and not takers:
-            # Matched a rule that was dropped since, or an event of a process we
-            # released: nobody wants it.
-            self.probe.untrack(pid)
+            if pid not in self._limbo:
+                # Matched a rule that was dropped since, or a process we released.
+                self.probe.untrack(pid)
             return
         if not known:
             if len(self.procs) >= self.limits.max_tracked_pids:
                 self.probe.untrack(pid)
+                self._limbo.pop(pid, None)
                 self.pids_over_limit += 1
                 return
+            self._limbo.pop(pid, None)
+            if not self.probe.is_tracked(pid):
+                # Released before this exec was seen: count from now on.
+                self.probe.track(pid)
             st = _procfs.stat(pid)
             self.procs[pid] = ProcessInfo(pid=pid, ppid=st[1] if st else 0, uid=ev.uid,
                                           cgroup=_procfs.cgroup(pid), start_ns=ev.ts_ns)
@@ -798,17 +841,19 @@ class Hub:
                 m.info.comm, m.info.filename = info.comm, info.filename
                 m.info.argv = list(info.argv)
         for s in takers:
-            # Tracked by the rule at this exec: nothing counted before belongs to it.
-            # A process some other session already tracked joins with its current
-            # counts as baseline (read at this drain, so a few calls late; see README).
-            base = {} if not known else dict(self._snapshot.get(pid, {}))
+            # The kernel keeps the counters of each exec generation apart, so the
+            # session takes exactly the calls from this exec on (its in-flight execve
+            # included when another session already tracked the process).
             s.members[pid] = _Member(info=replace(info, start_ns=ev.ts_ns, argv=list(info.argv)),
-                                     baseline=base)
+                                     baseline={}, min_gen=ev.gen)
 
     def _on_exit(self, pid: int, ts_ns: int, exit_code: int | None) -> None:
+        if self._limbo.pop(pid, None) is not None:
+            self.probe.delete_stats_by_gen([pid])
+            self._snapshot.pop(pid, None)
         if pid not in self.procs:
             return
-        final = _by_pid(self.probe.delete_stats([pid])).get(pid, {})
+        final = _by_pid(self.probe.delete_stats_by_gen([pid])).get(pid, {})
         cur = dict(self._snapshot.get(pid, {}))
         cur.update(final)
         self._snapshot[pid] = cur
@@ -824,7 +869,8 @@ class Hub:
             if pid == s.root_pid:
                 s.root_exit = exit
             if s.options.per_process or pid == s.root_pid:
-                s.exited[pid] = info
+                # A pid reused within the session: one entry, both processes' counts.
+                s.exited[pid] = _merge(s.exited[pid], info) if pid in s.exited else info
             else:
                 folded = s.exited.get(FOLDED_PID)
                 if folded is None:
@@ -863,8 +909,12 @@ class Hub:
             if pid in self.procs and (st is None or st[0] in ("Z", "X")):
                 self._on_exit(pid, now, None)  # its exit record was lost: status unknown
         strays = [t for t in strays if t not in self.procs]
+        for pid, since in list(self._limbo.items()):
+            if now - since >= 1_000_000_000:  # no exec rule took it: release it
+                del self._limbo[pid]
+                self.probe.untrack(pid)
         if strays:
-            self.probe.delete_stats(strays)
+            self.probe.delete_stats_by_gen(strays)
             for t in strays:
                 self._snapshot.pop(t, None)
 

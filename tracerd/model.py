@@ -145,6 +145,7 @@ class LifecycleEvent:
     uid: int = 0  #: real uid of the current task (the parent, for EV_FORK)
     cgroup_id: int = 0  #: cgroup v2 id of the current task
     rule_matched: bool = False  #: EV_EXEC: an exec rule matched (and started tracking)
+    gen: int = 0  #: EV_EXEC: the exec generation its counters are kept under from here on
 
 
 @dataclass

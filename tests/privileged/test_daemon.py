@@ -272,6 +272,45 @@ def test_exec_rule_catches_a_later_exec_from_its_first_syscall(
     assert got == want
 
 
+@pytest.mark.parametrize("how", ["exec", "fork+exec"])
+def test_exec_rule_is_exact_for_processes_already_tracked(
+        client: Client, fixture_bin: Path, tmp_path: Path, how: str) -> None:
+    """A shell another session tracks (without children) execs, or forks a child that
+    execs, the rule's program: the rule's session counts exactly the calls from that
+    exec on (the kernel keeps each exec generation's counters apart), nothing before."""
+    comm = f"gen{os.getpid() % 100000}{how[0]}"
+    exe = tmp_path / comm
+    shutil.copy(fixture_bin, exe)
+    script = f"read x; {'exec ' if how == 'exec' else ''}{exe} exact 15 0"
+    sh = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, text=True)
+    assert sh.stdin is not None
+    other = client.start_pid(sh.pid)  # tracks the shell, not its children
+    rule = client.start_exec_rule(comm=comm, options=SessionOptions(per_process=True))
+    try:
+        time.sleep(0.3)  # let both sessions' first drains pass: no timing luck involved
+        sh.stdin.write("go\n")
+        sh.stdin.close()
+        assert sh.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while True:
+            _, live = client.report(rule.id)
+            if len(live.processes) == 3 and all(p.exit for p in live.processes.values()):
+                break
+            assert time.monotonic() < deadline, live.processes
+            time.sleep(0.1)
+    finally:
+        client.stop(rule.id)
+        client.stop(other.id)
+    _, report = client.report(rule.id)
+    out = tmp_path / "local.json"
+    assert tracerd("run", "--json", "-o", str(out), "--", str(exe), "exact", "15",
+                   "0").returncode == 0
+    local = report_from_dict(json.loads(out.read_text()))
+    # The execve itself was in flight while tracked: it belongs to the new generation,
+    # as it does to `tracerd run`.
+    assert _sum_calls(report) == _sum_calls(local)
+
+
 def _sum_calls(report: Report) -> dict[int, int]:
     return {nr: st.calls for nr, st in report.totals().items()}
 

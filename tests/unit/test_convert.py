@@ -62,7 +62,6 @@ def sample_report() -> Report:
         command=["make", "-j2"], arch=ARCH, kernel="6.8.0-test", root_pid=100,
         start_ns=1_000, end_ns=9_000, exit=ExitStatus(code=2),
         processes={
-            # uid=0: an unknown uid (None) does not survive, see the xfail test below
             0: ProcessInfo(pid=0, comm="(exited, folded)", uid=0,
                            syscalls={READ: st(4, 1, 400, 150, b6=3, b7=1)}),
             100: ProcessInfo(pid=100, ppid=1, comm="make", argv=["make", "-j2"],
@@ -128,9 +127,6 @@ def test_running_report_round_trip() -> None:
     assert (back.end_ns, back.exit, back.interrupted) == (None, None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="process_to_pb writes an unknown uid (None) as 0 and "
-                   "process_from_pb reads it back as 0: the report then claims the process "
-                   "ran as root (pb.Process.uid is not optional)")
 def test_unknown_uid_survives_the_round_trip() -> None:
     p = ProcessInfo(pid=0, comm="(exited, folded)", uid=None)
     assert process_from_pb(process_to_pb(p, name_of)).uid is None

@@ -102,7 +102,8 @@ class FakeProbe:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.tracked: set[int] = set()
-        self.stats: dict[tuple[int, int], SyscallStats] = {}
+        self.stats: dict[tuple[int, int, int], SyscallStats] = {}  # (tgid, gen, nr)
+        self.gen: dict[int, int] = {}  # exec generation of each tracked process
         self.events: list[LifecycleEvent] = []
         self.rules: set[tuple[str, str | int]] = set()
         self.rule_log: list[tuple[str, str, str | int]] = []
@@ -125,10 +126,10 @@ class FakeProbe:
         out, self.events = self.events, []
         return out
 
-    def read_stats(self) -> dict[tuple[int, int], SyscallStats]:
+    def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]:
         return {k: copy_stats(v) for k, v in self.stats.items()}
 
-    def delete_stats(self, tgids: list[int]) -> dict[tuple[int, int], SyscallStats]:
+    def delete_stats_by_gen(self, tgids: list[int]) -> dict[tuple[int, int, int], SyscallStats]:
         gone = {k: v for k, v in self.stats.items() if k[0] in set(tgids)}
         for k in gone:
             del self.stats[k]
@@ -163,7 +164,7 @@ class FakeProbe:
         assert pid in self.proc, f"process {pid} does not exist"
         if pid not in self.tracked:
             return False
-        s = self.stats.setdefault((pid, nr), SyscallStats())
+        s = self.stats.setdefault((pid, self.gen.get(pid, 0), nr), SyscallStats())
         s.calls += n
         s.errors += errors
         s.total_ns += n * ns
@@ -179,12 +180,13 @@ class FakeProbe:
             type=type_, pid=pid, ppid=ppid, exit_code=code, ts_ns=self.clock(),
             comm=p.comm if p else "", filename=filename,
             uid=uid if uid is not None else (p.uid if p else 0), cgroup_id=cgroup_id,
-            rule_matched=rule_matched))
+            rule_matched=rule_matched, gen=self.gen.get(pid, 0)))
 
     def fork(self, parent: int, child: int | None = None) -> int:
         """``parent`` forks; the child inherits the tracked flag (task_newtask)."""
         pp = self.proc[parent]
         child = self.spawn(child, ppid=parent, uid=pp.uid, comm=pp.comm, argv=pp.argv)
+        self.gen[child] = 0
         if parent in self.tracked:
             self.tracked.add(child)
             self._event(EV_FORK, child, ppid=parent, uid=pp.uid)  # uid: the parent's
@@ -199,6 +201,7 @@ class FakeProbe:
         if pid not in self.tracked and not matched:
             return False
         self.tracked.add(pid)
+        self.gen[pid] = self.gen.get(pid, 0) + 1  # counters after this exec: a new generation
         self._event(EV_EXEC, pid, filename=filename, cgroup_id=cgroup_id, rule_matched=matched)
         return True
 
@@ -209,13 +212,18 @@ class FakeProbe:
         if pid in self.tracked and not lose_event:
             self._event(EV_EXIT, pid, code=raw)
         self.tracked.discard(pid)
+        self.gen.pop(pid, None)
         del self.proc[pid]
         for q in self.proc.values():  # orphans are reparented to init
             if q.ppid == pid:
                 q.ppid = 1
 
     def entries(self, pid: int) -> dict[int, int]:
-        return {nr: s.calls for (t, nr), s in self.stats.items() if t == pid}
+        out: dict[int, int] = {}
+        for (t, _gen, nr), s in self.stats.items():
+            if t == pid:
+                out[nr] = out.get(nr, 0) + s.calls
+        return out
 
 
 class FakeProcfs:
@@ -606,20 +614,20 @@ def test_fork_and_exit_between_poll_and_snapshot_are_adopted(k: FakeProbe, sweep
     p = k.spawn(100)
     sid = start(hub, PidTarget(p, children=True), per_process=True)
     hub.step(0)  # first sweep
-    real_read = k.read_stats
+    real_read = k.read_stats_by_gen
     child: list[int] = []
 
-    def read_stats() -> dict[tuple[int, int], SyscallStats]:
+    def read_stats() -> dict[tuple[int, int, int], SyscallStats]:
         if not child:
             child.append(k.fork(p, 200))
             k.call(200, OPENAT, 3)
             k.exit(200, 4)
         return real_read()
 
-    k.read_stats = read_stats  # type: ignore[method-assign]
+    k.read_stats_by_gen = read_stats  # type: ignore[method-assign]
     k.clock.advance_ms(1000 if sweep else 10)
     hub.step(0)
-    k.read_stats = real_read  # type: ignore[method-assign]
+    k.read_stats_by_gen = real_read  # type: ignore[method-assign]
     # with a sweep in that drain, the sweep itself reads the late records
     assert (200 in report(hub, sid).processes) == sweep
     assert bool(k.events) != sweep
@@ -681,6 +689,11 @@ def test_exec_rule_session_follows_children(k: FakeProbe) -> None:
     k.exec(m2, "make", "/usr/bin/make")
     hub.step(0)
     c2 = k.fork(m2, 401)
+    hub.step(0)
+    # Nobody follows it, but an exec rule might still match it: it waits in limbo,
+    # tracked, and is released at the first sweep a second later.
+    assert k.is_tracked(c2) and c2 not in hub.procs
+    k.clock.advance_ms(1000)
     hub.step(0)
     assert not k.is_tracked(c2)
     assert set(hub.sessions[alone].members) == {m2}
@@ -1203,11 +1216,9 @@ def test_real_process_that_is_gone_is_not_found() -> None:
     assert not k.tracked
 
 
-# ---------------------------------------------------------------------- bugs (strict xfail)
+# ---------------------------------------------------------------------- bugs found in review
 
 
-@pytest.mark.xfail(strict=True, reason="Hub.summary counts len(members) + len(exited), but "
-                   "_finish clears members: a stopped session reports processes=0")
 def test_stopped_session_still_counts_its_processes(k: FakeProbe) -> None:
     hub = hub_for(k)
     p = k.spawn(100)
@@ -1251,9 +1262,6 @@ def test_failed_cgroup_start_drops_its_rules_and_pids(k: FakeProbe,
     assert hub.counts()["tracked"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="_on_fork untracks a child no session follows; when the "
-                   "same drain then sees that child's rule-matched exec, _on_exec adopts it "
-                   "without re-tracking it, so the kernel never counts it again")
 def test_fork_then_rule_exec_in_one_drain_is_counted(k: FakeProbe) -> None:
     hub = hub_for(k)
     p = k.spawn(100, comm="sh")
@@ -1267,9 +1275,6 @@ def test_fork_then_rule_exec_in_one_drain_is_counted(k: FakeProbe) -> None:
     assert calls(report(hub, rule)) == {READ: 5}
 
 
-@pytest.mark.xfail(strict=True, reason="_on_exec gives a process another session already "
-                   "tracks the snapshot of the *previous* drain as its baseline, so calls made "
-                   "before the exec are counted by the exec-rule session")
 def test_rule_session_does_not_count_calls_before_the_exec(k: FakeProbe) -> None:
     hub = hub_for(k)
     p = k.spawn(100, comm="sh")
@@ -1284,9 +1289,6 @@ def test_rule_session_does_not_count_calls_before_the_exec(k: FakeProbe) -> None
     assert calls(report(hub, rule)) == {READ: 2}
 
 
-@pytest.mark.xfail(strict=True, reason="Session.exited is keyed by pid: with per_process=True a "
-                   "reused pid's new process hides (while alive) and then overwrites (at exit) "
-                   "the frozen counts of the earlier process with that pid")
 def test_pid_reuse_within_a_session_keeps_both_processes_counts(k: FakeProbe) -> None:
     hub = hub_for(k)
     p = k.spawn(100)
@@ -1306,9 +1308,6 @@ def test_pid_reuse_within_a_session_keeps_both_processes_counts(k: FakeProbe) ->
     assert calls(report(hub, sid)) == {READ: 4, WRITE: 1}
 
 
-@pytest.mark.xfail(strict=True, reason="_start_pid's children walk joins every descendant "
-                   "without checking Caller.uids, so a uid-limited token traces another "
-                   "user's (e.g. root's) processes below its own")
 def test_children_walk_respects_caller_uids(k: FakeProbe) -> None:
     hub = hub_for(k)
     ci = Caller(name="ci", uids=frozenset({1000}), admin=False)
@@ -1438,7 +1437,7 @@ def test_helpers_of_the_fake_kernel() -> None:
     assert not k.call(p, READ)
     k.track(p)
     assert k.call(p, READ, 2, ns=300)
-    s = k.read_stats()[(p, READ)]
+    s = k.read_stats_by_gen()[(p, 0, READ)]
     assert (s.calls, s.total_ns, s.max_ns, s.hist[8]) == (2, 600, 300, 2)
     c = k.fork(p)
     assert k.is_tracked(c) and k.poll_events(0)[0].type == EV_FORK
@@ -1446,4 +1445,4 @@ def test_helpers_of_the_fake_kernel() -> None:
     ev = k.poll_events(0)[0]
     assert (ev.type, ev.exit_code, ev.pid) == (EV_EXIT, 2 << 8, p)
     assert k.proc[c].ppid == 1 and k.entries(p) == {READ: 2}
-    assert k.delete_stats([p]) and k.entries(p) == {}
+    assert k.delete_stats_by_gen([p]) and k.entries(p) == {}

@@ -784,7 +784,7 @@ class Process(_message.Message):
     filename: _builtins.str
     """Path passed to its last execve, if seen."""
     uid: _builtins.int
-    """Real uid when first seen."""
+    """Real uid when first seen; unset when unknown."""
     cgroup: _builtins.str
     """cgroup v2 path when first seen (best effort), empty if unknown."""
     start_ns: _builtins.int
@@ -811,18 +811,20 @@ class Process(_message.Message):
         comm: _builtins.str = ...,
         argv: _abc.Iterable[_builtins.str] | None = ...,
         filename: _builtins.str = ...,
-        uid: _builtins.int = ...,
+        uid: _builtins.int | None = ...,
         cgroup: _builtins.str = ...,
         start_ns: _builtins.int = ...,
         end_ns: _builtins.int = ...,
         exit: Global___ExitStatus | None = ...,
         syscalls: _abc.Iterable[Global___SyscallStats] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "exit", b"exit", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cgroup", b"cgroup", "comm", b"comm", "end_ns", b"end_ns", "exit", b"exit", "filename", b"filename", "pid", b"pid", "ppid", b"ppid", "start_ns", b"start_ns", "syscalls", b"syscalls", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "argv", b"argv", "cgroup", b"cgroup", "comm", b"comm", "end_ns", b"end_ns", "exit", b"exit", "filename", b"filename", "pid", b"pid", "ppid", b"ppid", "start_ns", b"start_ns", "syscalls", b"syscalls", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
 
 Global___Process: _TypeAlias = Process  # noqa: Y015
 
