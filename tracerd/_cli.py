@@ -160,7 +160,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `tracerd --help` and usage errors stay instant.
     from . import render  # noqa: PLC0415
     from ._probe import Limits, Probe  # noqa: PLC0415
-    from ._run import attach, resolve_command, run_command  # noqa: PLC0415
+    from ._run import Outcome, attach, resolve_command, run_command  # noqa: PLC0415
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.pid is None and not command:
@@ -178,22 +178,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     arch = syscalls.current_arch()
     keep = _syscall_filter(args.syscalls, arch)
     table = syscalls.table_for(arch)
-    if args.remote is not None:
-        if args.pid is not None or wants_golden or args.max_stats:
-            raise TracerdError("--remote runs a command: it cannot be combined with -p, "
-                               "--max-stats, --save-golden or --against", EXIT_USAGE)
-        return _run_remote(args, command)
+    if args.remote is not None and (args.pid is not None or args.max_stats):
+        raise TracerdError("--remote runs a command through the daemon: it cannot be "
+                           "combined with -p or --max-stats", EXIT_USAGE)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
     floor: int | None = None
     with _output(args.output) as out:
-        with Probe(Limits.for_this_kernel(**overrides)) as probe:
-            if args.pid is not None:
-                outcome = attach(probe, args.pid, duration=args.duration,
-                                 on_attached=_say_attached)
-            else:
-                if wants_golden:
-                    floor = _rss_floor_kib()
-                outcome = run_command(probe, command, duration=args.duration)
+        if args.remote is not None:
+            if wants_golden:
+                floor = _rss_floor_kib()
+            report, status, why, running = _cli_daemon.run_remote(args, command)
+            outcome = Outcome(report=report, status=status, interrupted=why, running_pid=running)
+        else:
+            with Probe(Limits.for_this_kernel(**overrides)) as probe:
+                if args.pid is not None:
+                    outcome = attach(probe, args.pid, duration=args.duration,
+                                     on_attached=_say_attached)
+                else:
+                    if wants_golden:
+                        floor = _rss_floor_kib()
+                    outcome = run_command(probe, command, duration=args.duration)
         report = filter_report(outcome.report, keep)
         if args.json:
             out.write(render.report_to_json(report, table.name))
@@ -219,20 +223,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                                  golden.DEFAULT_TOLERANCES))
         print(f"tracerd: golden written to {args.save_golden} (1 run)", file=sys.stderr)
     return golden.EXIT_REGRESSION if regressed else status
-
-
-def _run_remote(args: argparse.Namespace, command: list[str]) -> int:
-    with _output(args.output) as out:
-        report, status, interrupted, running = _cli_daemon.run_remote(args, command)
-        _cli_daemon.print_report(report, args, out)
-    if interrupted:
-        print(f"tracerd: tracing stopped early: {interrupted}", file=sys.stderr)
-    if running is not None:
-        _, raw = os.waitpid(running, 0)
-        from .model import ExitStatus  # noqa: PLC0415
-
-        return ExitStatus.from_wait_status(raw).shell_status()
-    return status
 
 
 # --------------------------------------------------------------------------------------------

@@ -344,16 +344,26 @@ def run_remote(args: argparse.Namespace, command: list[str]) -> tuple[Report, in
 
     opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
                           syscall_spec=tuple(args.syscalls), per_process=True)
-    with connect(args) as client, terminal_signals() as forward:
-        client.info()  # fail fast (and before forking) when the daemon is unreachable
-        sid: list[str] = []
-        pid = spawn_tracked(command, lambda p, _path: sid.append(
-            client.start_spawned(p, command, opts).id))
-        forward(pid)
-        final: Final | None = None
-        for ev in client.watch(sid[0], interval_ms=60_000):
-            if isinstance(ev, Final):
-                final = ev
+    clients: list[Client] = []
+    sid: list[str] = []
+
+    def register(pid: int, _path: str) -> None:
+        # Connected only once CMD is forked: a child forked after gRPC has started its
+        # threads runs gRPC's fork handlers, whose futex/epoll calls would be counted.
+        clients.append(connect(args))
+        sid.append(clients[0].start_spawned(pid, command, opts).id)
+
+    with terminal_signals() as forward:
+        try:
+            pid = spawn_tracked(command, register)
+            forward(pid)
+            final: Final | None = None
+            for ev in clients[0].watch(sid[0], interval_ms=60_000):
+                if isinstance(ev, Final):
+                    final = ev
+        finally:
+            for c in clients:
+                c.close()
         if final is None:
             raise TracerdError(f"session {sid[0]}: the daemon ended the stream without a report")
         report = final.report

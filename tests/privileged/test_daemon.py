@@ -366,6 +366,16 @@ def test_run_remote_matches_local_run(daemon: Daemon, fixture_bin: Path, tmp_pat
     assert failing.returncode == 7, failing.stderr
     missing = tracerd("run", "--remote", daemon.socket, "--", "/no/such/cmd")
     assert missing.returncode == 127
+    # Golden traces work through the daemon too: save one run, then check against it.
+    gold = tmp_path / "exact.golden.json"
+    cmd = ["--", str(fixture_bin), "exact", "40", "0"]
+    saved = tracerd("run", "--remote", daemon.socket, "--save-golden", str(gold), *cmd)
+    assert saved.returncode == 0 and gold.exists(), saved.stderr
+    again = tracerd("run", "--remote", daemon.socket, "--against", str(gold), *cmd)
+    assert again.returncode == 0, again.stderr
+    more = tracerd("run", "--remote", daemon.socket, "--against", str(gold), "--",
+                   str(fixture_bin), "exact", "80", "0")
+    assert more.returncode == 3, more.stderr  # twice the calls: a regression
 
 
 def test_mtls_tcp_session_is_exact(daemon: Daemon, fixture_bin: Path) -> None:
