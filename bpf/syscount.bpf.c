@@ -21,8 +21,8 @@ BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS,
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Exec rules: a process whose exec matches any of these becomes tracked inside
- * sched_process_exec, before its first syscall after the exec. Values are rule
- * reference counts kept by user space; the kernel only tests presence. */
+ * sched_process_exec, before its first syscall after the exec. Only presence
+ * matters (the value is 1); user space counts the sessions sharing a rule. */
 BPF_HASH(rule_comm, struct comm_key, __u32, MAX_RULES);
 BPF_HASH(rule_path, struct path_key, __u32, MAX_RULES);
 BPF_HASH(rule_cgroup, __u64, __u32, MAX_RULES);
@@ -168,26 +168,28 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 
 /* Processes (not threads) forked by a tracked process are tracked before they
  * can run: task_newtask fires in the parent inside copy_process(), before the
- * child is woken, so there is no window in which the child runs untracked. */
+ * child is woken, so there is no window in which the child runs untracked.
+ * Every new process's slot is (re)initialised here, tracked parent or not, so a
+ * reused pid never inherits state left by an earlier process with that number. */
 TRACEPOINT_PROBE(task, task_newtask)
 {
 	if (args->clone_flags & CLONE_THREAD)
 		return 0; /* threads are counted through their tgid's slot */
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct pid_state *g = tracked_process(tgid);
-	if (!g)
-		return 0;
 	__u32 child = args->pid;
 	struct pid_state *c = pids.lookup(&child);
 	if (!c) {
-		count_drop(C_PID_RANGE);
+		if (g)
+			count_drop(C_PID_RANGE);
 		return 0;
 	}
 	c->start_ns = 0;
 	c->nr = 0;
 	c->gen = 0;
-	c->tracked = g->tracked;
-	emit(EV_FORK, child, tgid, 0);
+	c->tracked = g ? g->tracked : 0;
+	if (g)
+		emit(EV_FORK, child, tgid, 0);
 	return 0;
 }
 

@@ -143,6 +143,13 @@ def check_transport(cfg: DaemonConfig) -> None:
             if not _is_loopback(host):
                 raise BadInput(f"--listen {addr}: --insecure (plaintext TCP) is allowed on "
                                "loopback addresses only")
+            if cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca:
+                raise BadInput(f"--listen {addr}: --insecure cannot be combined with TLS "
+                               "options (the listener would be plaintext)")
+            if not cfg.tokens:
+                # Any local user can reach a loopback port: tokens are the only gate.
+                raise BadInput(f"--listen {addr}: --insecure needs --tokens (any local user "
+                               "can connect to a loopback port)")
             continue
         if not (cfg.tls_cert and cfg.tls_key):
             raise BadInput(f"--listen {addr}: TCP needs TLS (--tls-cert and --tls-key), or "

@@ -28,6 +28,11 @@ from .v1 import tracerd_pb2 as pb
 
 NameOf = Callable[[int], str]
 
+# Bounds on what a client may make the daemon keep (sessions are kept after they end).
+MAX_ARGV = 4096
+MAX_ARGV_BYTES = 128 * 1024
+MAX_FILTER_ITEMS = 512
+
 _STATE_TO_PB = {
     State.RUNNING: pb.SESSION_STATE_RUNNING,
     State.FINISHED: pb.SESSION_STATE_FINISHED,
@@ -144,7 +149,11 @@ def target_from_pb(m: pb.Target) -> Target:
         r = m.exec_rule
         return ExecRuleTarget(comm=r.comm, path=r.path, children=r.children)
     if kind == "spawned":
-        return SpawnedTarget(pid=m.spawned.pid, argv=tuple(m.spawned.argv))
+        argv = tuple(m.spawned.argv)
+        if len(argv) > MAX_ARGV or sum(len(a) for a in argv) > MAX_ARGV_BYTES:
+            raise RequestError(ErrorKind.INVALID, f"target.spawned.argv: more than {MAX_ARGV} "
+                               f"entries or {MAX_ARGV_BYTES} characters")
+        return SpawnedTarget(pid=m.spawned.pid, argv=argv)
     raise RequestError(ErrorKind.INVALID, "target: set one of pid, cgroup, exec_rule, spawned")
 
 
@@ -161,6 +170,9 @@ def target_to_pb(t: Target) -> pb.Target:
 def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOptions:
     spec = tuple(m.syscalls)
     keep = None
+    if len(spec) > MAX_FILTER_ITEMS or any(len(item) > 4096 for item in spec):
+        raise RequestError(ErrorKind.INVALID, f"options.syscalls: more than {MAX_FILTER_ITEMS} "
+                           "entries, or an entry longer than 4096 characters")
     if any(not item.strip(" ,") for item in spec):
         raise RequestError(ErrorKind.INVALID, "options.syscalls: an empty entry selects nothing")
     if spec:

@@ -191,6 +191,8 @@ class Probe:
         self._bpf: Any = None
         self._events: list[LifecycleEvent] = []
         self._ncpus = 0
+        self.exit_code_offset = -1
+        self._batch_bufs: tuple[Any, Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> Probe:
@@ -203,6 +205,7 @@ class Probe:
             exit_off = _btf.member_offset("task_struct", "exit_code")
         except _btf.BTFError:
             exit_off = -1  # descendants' exit codes will be reported as unknown
+        self.exit_code_offset = exit_off
         cflags = [
             f"-I{src}",
             f"-DPID_MAX={self.limits.pid_max}",
@@ -249,7 +252,10 @@ class Probe:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
         # that thread exits; only a later re-track of the same process could see it.
         if 0 < pid < self.limits.pid_max:
-            self._bpf[b"pids"][ct.c_int(pid)] = PidState(0, 0, 0, 0)
+            pids = self._bpf[b"pids"]
+            # The generation is kept: counters under it may still be in the map, and a
+            # later exec-rule match must start a generation none of them carries.
+            pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 0)
 
     def is_tracked(self, pid: int) -> bool:
         return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
@@ -349,8 +355,10 @@ class Probe:
         table = self._bpf[b"stats"]
         chunk = 4096
         per_cpu_size = (ct.sizeof(StatsVal) + 7) & ~7
-        keys = (StatsKey * chunk)()
-        vals = (ct.c_uint8 * (per_cpu_size * self._ncpus * chunk))()
+        if self._batch_bufs is None:  # reused: ~chunk x CPUs x 160 bytes
+            self._batch_bufs = ((StatsKey * chunk)(),
+                                (ct.c_uint8 * (per_cpu_size * self._ncpus * chunk))())
+        keys, vals = self._batch_bufs
         token = ct.c_uint32(0)
         out: list[tuple[StatsKey, list[StatsVal]]] = []
         first = True

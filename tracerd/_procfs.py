@@ -85,3 +85,16 @@ def cgroup2_root() -> Path | None:
         if right.split(" ", 1)[0] == "cgroup2":
             return Path(left.split()[4].replace("\\040", " "))
     return None
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h: getting shut down
+
+
+def exiting(pid: int) -> bool:
+    """True once the kernel has begun tearing the process down (PF_EXITING), which can
+    precede the zombie state by a while (files are closed in between); also when gone."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return bool(int(rest[6]) & _PF_EXITING)
+    except (OSError, IndexError, ValueError):
+        return True

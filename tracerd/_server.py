@@ -92,9 +92,10 @@ class Auth:
             return found
         if context.peer().startswith("unix:"):
             return LOCAL
-        if self.tokens is None:
-            # TCP without tokens is only configured with mTLS: the certificate is the identity.
-            names = context.auth_context().get("x509_common_name") or [b"mtls"]
+        names = context.auth_context().get("x509_common_name")
+        if self.tokens is None and names:
+            # TCP without tokens is only configured with mTLS: the verified client
+            # certificate is the identity.
             cn = names[0]
             return Caller(name="mtls:" + (cn.decode(errors="replace")
                                           if isinstance(cn, bytes) else str(cn)))
@@ -156,8 +157,8 @@ class Servicer(pb_grpc.TracerServicer):
                 raise RequestError(ErrorKind.INVALID, "target: required")
             target = _convert.target_from_pb(request.target)
             if isinstance(target, SpawnedTarget) and not _peer_is_local(context):
-                raise RequestError(ErrorKind.INVALID, "target.spawned: only for clients on "
-                                   "the daemon's host (Unix socket or loopback)")
+                raise RequestError(ErrorKind.PRECONDITION, "target.spawned: only for clients "
+                                   "on the daemon's host (Unix socket or loopback)")
             options = _convert.options_from_pb(request.options)
             summary = self.hub.start(caller, target, options)
             log.info("session started", extra={"kv": {
@@ -383,7 +384,7 @@ def _sd_notify(state: str) -> None:
 
 FEATURES = ["raw_tracepoint:sys_enter", "raw_tracepoint:sys_exit", "tracepoint:task_newtask",
             "tracepoint:sched_process_exec", "tracepoint:sched_process_exit", "ringbuf",
-            "percpu_hash", "btf:task_struct.exit_code"]
+            "percpu_hash"]
 
 
 def serve(config: DaemonConfig) -> int:
@@ -399,7 +400,9 @@ def serve(config: DaemonConfig) -> int:
     server = None
     try:
         hub = Hub(probe, config.limits)
-        server = build_server(hub, config, FEATURES)
+        features = FEATURES + (["btf:task_struct.exit_code"] if probe.exit_code_offset >= 0
+                               else [])
+        server = build_server(hub, config, features)
         drain = threading.Thread(
             target=drain_forever, args=(hub, stop),
             kwargs={"on_error": lambda e: log.error("drain failed", exc_info=e)},

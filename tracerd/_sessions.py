@@ -378,6 +378,7 @@ class Hub:
         #: Forks no session follows, kept tracked for a moment while exec-rule sessions run:
         #: one may exec into a rule match, and untracking it could race that exec.
         self._limbo: dict[int, int] = {}
+        self._exit_stash: dict[int, GenStats] = {}
         self._rules: dict[tuple[str, str | int], int] = {}  #: kernel rule -> sessions using it
         self.watchers = 0
         self.watch_missed = 0
@@ -537,6 +538,8 @@ class Hub:
                 self._room_for(len(new))
                 self._join(sess, new, argv_hint=None)
                 seen.update(new)
+            if pid not in sess.members:
+                raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
             return
         spawned = isinstance(target, SpawnedTarget)
         self._join(sess, pids, argv_hint=sess.command if spawned else None)
@@ -544,10 +547,10 @@ class Hub:
             raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
 
     def _start_cgroup(self, sess: Session, caller: Caller, target: CgroupTarget) -> None:
-        if caller.uids is not None:
+        if caller.uids is not None or not caller.exec_rules:
             raise RequestError(ErrorKind.DENIED,
-                               f"token {caller.name!r} is limited to some uids and may not "
-                               "trace a whole cgroup")
+                               f"token {caller.name!r} may not trace a whole cgroup (it needs "
+                               "exec_rules and no uids limit)")
         root = resolve_cgroup(target.path)
         ids, pids = _cgroup_tree(root)
         pids = [p for p in pids if p != os.getpid()]
@@ -607,15 +610,20 @@ class Hub:
         """Make live processes members of ``sess``, counting from now on."""
         new = [p for p in pids if p not in self.procs]
         self._room_for(len(new))
+        #: Tracked by the kernel but unknown here and not in limbo: forked by a process
+        #: this session tracked a moment ago (the children walk), so counted since its
+        #: fork, all of which is this session's.
+        since_fork = {p for p in new if p not in self._limbo and self.probe.is_tracked(p)}
         for pid in new:
+            self._limbo.pop(pid, None)
             try:
                 self.probe.track(pid)
             except Exception as e:
                 raise RequestError(ErrorKind.INVALID, str(e)) from None
             st = _procfs.stat(pid)
-            # Checked after tracking: a process that died in between would otherwise
-            # stay tracked forever, its exit having happened before the flag was set.
-            if st is None or st[0] in ("Z", "X"):
+            # Checked after tracking: a process that died (or began exiting) in between
+            # would otherwise stay tracked, its exit hook having run before the flag was set.
+            if st is None or st[0] in ("Z", "X") or _procfs.exiting(pid):
                 self.probe.untrack(pid)
                 continue
             self.procs[pid] = ProcessInfo(
@@ -629,8 +637,8 @@ class Hub:
         for pid in pids:
             if pid in self.procs and pid not in sess.members:
                 info = replace(self.procs[pid], start_ns=now, syscalls={})
-                sess.members[pid] = _Member(info=info,
-                                            baseline=_from_gen(self._snapshot.get(pid, {})))
+                base = {} if pid in since_fork else _from_gen(self._snapshot.get(pid, {}))
+                sess.members[pid] = _Member(info=info, baseline=base)
 
     # ------------------------------------------------------------------ stopping
     def stop(self, caller: Caller, session_id: str) -> SessionSummary:
@@ -744,8 +752,15 @@ class Hub:
         with self.lock:
             if self.closed:
                 return
+            exits = [ev.pid for ev in events
+                     if ev.type == EV_EXIT and (ev.pid in self.procs or ev.pid in self._limbo)]
+            if exits:  # one pass over the map for every exit of the batch
+                self._exit_stash = _by_pid(self.probe.delete_stats_by_gen(exits))
+                for pid in exits:
+                    self._exit_stash.setdefault(pid, {})
             for ev in events:
                 self._on_event(ev)
+            self._exit_stash = {}
             self._refresh()
             now = self.clock()
             self._sweep(now)
@@ -835,25 +850,40 @@ class Hub:
         argv = _procfs.cmdline(pid)
         if argv is not None:
             info.argv = argv
-        for s in self._running():
+        dropped: list[Session] = []
+        for s in list(self._running()):
             m = s.members.get(pid)
-            if m is not None:
-                m.info.comm, m.info.filename = info.comm, info.filename
-                m.info.argv = list(info.argv)
+            if m is None:
+                continue
+            if not s.owner.may_trace_uid(ev.uid):
+                dropped.append(s)
+                # It exec'd as a user this session's token may not watch (setuid):
+                # the session keeps what it saw so far and stops following it.
+                s.exited[pid] = replace(m.info, end_ns=ev.ts_ns,
+                                        syscalls=self._member_stats(s, pid))
+                del s.members[pid]
+                continue
+            m.info.comm, m.info.filename = info.comm, info.filename
+            m.info.argv = list(info.argv)
         for s in takers:
             # The kernel keeps the counters of each exec generation apart, so the
             # session takes exactly the calls from this exec on (its in-flight execve
             # included when another session already tracked the process).
             s.members[pid] = _Member(info=replace(info, start_ns=ev.ts_ns, argv=list(info.argv)),
                                      baseline={}, min_gen=ev.gen)
+        if dropped:
+            for s in dropped:
+                if s.ends_with_processes and not s.members:
+                    self._finish(s, State.FINISHED, "no process left it may trace")
+            self._release_unwanted()
 
     def _on_exit(self, pid: int, ts_ns: int, exit_code: int | None) -> None:
-        if self._limbo.pop(pid, None) is not None:
-            self.probe.delete_stats_by_gen([pid])
+        if self._limbo.pop(pid, None) is not None and pid not in self.procs:
+            self._final_counts(pid)
             self._snapshot.pop(pid, None)
         if pid not in self.procs:
             return
-        final = _by_pid(self.probe.delete_stats_by_gen([pid])).get(pid, {})
+        final = self._final_counts(pid)
         cur = dict(self._snapshot.get(pid, {}))
         cur.update(final)
         self._snapshot[pid] = cur
@@ -884,6 +914,13 @@ class Hub:
         for s in ended:
             self._finish(s, State.FINISHED, "all processes exited")
 
+    def _final_counts(self, pid: int) -> GenStats:
+        """Remove an exited process's counters from the map (read in ``step`` for every
+        exit of the batch at once, when possible)."""
+        if pid in self._exit_stash:
+            return self._exit_stash.pop(pid)
+        return _by_pid(self.probe.delete_stats_by_gen([pid])).get(pid, {})
+
     def _sweep(self, now: int) -> None:
         """Repair what lost events or races leave behind (about once a second).
 
@@ -896,8 +933,12 @@ class Hub:
             return
         self._last_liveness_ns = now
         cleared = [p for p in self.procs if not self.probe.is_tracked(p)]
-        strays = [t for t in self._snapshot if t not in self.procs and not self.probe.is_tracked(t)]
-        if cleared or strays:
+        unknown = [t for t in self._snapshot if t not in self.procs and t not in self._limbo]
+        strays = [t for t in unknown if not self.probe.is_tracked(t)]
+        # Tracked in the kernel yet known to nobody: an exec-rule match whose record
+        # was lost. Untracked below unless the records read next explain it.
+        orphans = [t for t in unknown if t not in strays]
+        if cleared or unknown:
             # The kernel emits a process's fork record before the child can run and its
             # exit record before clearing its flag, so the records read *after* seeing a
             # flag cleared include both, unless they were lost. A process that forked and
@@ -909,6 +950,9 @@ class Hub:
             if pid in self.procs and (st is None or st[0] in ("Z", "X")):
                 self._on_exit(pid, now, None)  # its exit record was lost: status unknown
         strays = [t for t in strays if t not in self.procs]
+        for t in orphans:
+            if t not in self.procs and t not in self._limbo:
+                self.probe.untrack(t)
         for pid, since in list(self._limbo.items()):
             if now - since >= 1_000_000_000:  # no exec rule took it: release it
                 del self._limbo[pid]

@@ -166,25 +166,33 @@ def test_tcp_needs_authentication() -> None:
 @pytest.mark.parametrize("addr", ["127.0.0.1:7345", "127.1.2.3:1", "localhost:7345",
                                   "[::1]:7345", "::1:7345"])
 def test_insecure_allowed_on_loopback(addr: str) -> None:
-    check_transport(tcp(addr, insecure=True))
+    check_transport(tcp(addr, insecure=True, tokens="/t.toml"))
+
+
+def test_insecure_needs_tokens_and_no_tls() -> None:
+    # Any local user can reach a loopback port: without tokens it would be an open door.
+    assert "--insecure needs --tokens" in bad(check_transport,
+                                              tcp("127.0.0.1:1", insecure=True))
+    msg = bad(check_transport, tcp("127.0.0.1:1", insecure=True, tokens="/t.toml", **TLS))
+    assert "--insecure cannot be combined with TLS" in msg
 
 
 @pytest.mark.parametrize("addr", ["0.0.0.0:7345", "10.0.0.1:7345", "[::]:7345", ":7345",
                                   "example.com:7345", "[fe80::1]:7345"])
 def test_insecure_refused_elsewhere(addr: str) -> None:
-    msg = bad(check_transport, tcp(addr, insecure=True, **TLS, tokens="/t.toml"))
+    msg = bad(check_transport, tcp(addr, insecure=True, tokens="/t.toml"))
     assert msg == (f"--listen {addr}: --insecure (plaintext TCP) is allowed on loopback "
                    "addresses only")
 
 
 @pytest.mark.parametrize("addr", ["7345", "host:", "host:port", "127.0.0.1"])
 def test_listen_address_must_be_host_port(addr: str) -> None:
-    assert bad(check_transport, tcp(addr, insecure=True)) == (
+    assert bad(check_transport, tcp(addr, insecure=True, tokens="/t.toml")) == (
         f"--listen {addr}: expected HOST:PORT")
 
 
 def test_every_listener_is_checked() -> None:
-    cfg = DaemonConfig(listen=["127.0.0.1:1", "0.0.0.0:2"], insecure=True)
+    cfg = DaemonConfig(listen=["127.0.0.1:1", "0.0.0.0:2"], insecure=True, tokens="/t.toml")
     assert bad(check_transport, cfg).startswith("--listen 0.0.0.0:2:")
 
 

@@ -248,6 +248,10 @@ class FakeProcfs:
         p = self.k.proc.get(pid)
         return "" if p is None else p.comm
 
+    def exiting(self, pid: int) -> bool:
+        p = self.k.proc.get(pid)
+        return p is None or p.state in ("Z", "X")
+
     def cgroup(self, pid: int | str) -> str:
         p = self.k.proc.get(int(pid))
         return "" if p is None else p.cgroup
@@ -1446,3 +1450,38 @@ def test_helpers_of_the_fake_kernel() -> None:
     assert (ev.type, ev.exit_code, ev.pid) == (EV_EXIT, 2 << 8, p)
     assert k.proc[c].ppid == 1 and k.entries(p) == {READ: 2}
     assert k.delete_stats_by_gen([p]) and k.entries(p) == {}
+
+
+def test_a_fork_in_limbo_joined_by_a_session_keeps_being_counted(k: FakeProbe) -> None:
+    """Review finding: _join did not take a pid out of limbo, so the sweep untracked a
+    member a second later, and its exit deleted counters before they were frozen."""
+    hub = hub_for(k)
+    start(hub, ExecRuleTarget(comm="make"))  # keeps unfollowed forks in limbo
+    p = k.spawn(100)
+    start(hub, PidTarget(p))  # tracks p, not its children
+    c = k.fork(p, 101)
+    hub.step(0)
+    assert k.is_tracked(c) and c not in hub.procs  # in limbo
+    sid = start(hub, PidTarget(c))
+    k.clock.advance_ms(1500)
+    hub.step(0)  # a sweep: limbo expiry must not touch a member
+    assert k.is_tracked(c)
+    k.call(c, READ, 3)
+    k.exit(c)
+    hub.step(0)
+    assert calls(report(hub, sid)) == {READ: 3}
+    assert state(hub, sid) == State.FINISHED
+
+
+def test_a_tracked_pid_nobody_knows_is_untracked_by_the_sweep(k: FakeProbe) -> None:
+    """An exec-rule match whose record was lost stays tracked in the kernel; the sweep
+    untracks it once the records it reads do not explain it."""
+    hub = hub_for(k)
+    start(hub, ExecRuleTarget(comm="make"))
+    m = k.spawn(300)
+    k.exec(m, "make", "/usr/bin/make")
+    k.events.clear()  # the ring buffer lost the exec record
+    k.call(m, READ)
+    k.clock.advance_ms(1500)
+    hub.step(0)
+    assert not k.is_tracked(m)

@@ -106,7 +106,7 @@ class GetInfoResponse(_message.Message):
     sessions_finished: _builtins.int
     """Finished sessions whose reports are still kept."""
     tracked_pids: _builtins.int
-    """Processes the kernel side tracks now."""
+    """Processes tracked for sessions now (forks briefly kept for exec rules excluded)."""
     watch_updates_missed: _builtins.int
     """Updates not delivered to slow watchers (coalesced), since start."""
     watchers: _builtins.int
@@ -237,7 +237,7 @@ class Target(_message.Message):
     @_builtins.property
     def spawned(self) -> Global___SpawnedTarget:
         """A child the client forked and stopped (SIGSTOP) before exec, as
-        `tracerd run` does; only over the Unix socket.
+        `tracerd run` does; only from the daemon's host (Unix socket or loopback).
         """
 
     def __init__(
@@ -309,7 +309,8 @@ Global___CgroupTarget: _TypeAlias = CgroupTarget  # noqa: Y015
 @_typing.final
 class ExecRule(_message.Message):
     """Processes matched in the kernel at exec (sched_process_exec), before their
-    first syscall after the exec: none of those is missed.
+    first syscall after the exec: none of those is missed. With both comm and path
+    set, an exec matching either one is taken.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -347,7 +348,7 @@ class SpawnedTarget(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     ARGV_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
-    """Its pid; the process must be in the stopped state (T)."""
+    """Its pid; the process must be stopped (state T, or t when ptrace-stopped)."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv the client will exec, recorded in the report."""
@@ -583,7 +584,7 @@ class SessionInfo(_message.Message):
     "daemon shutting down", "all processes exited"; empty while running.
     """
     processes: _builtins.int
-    """Processes it has seen."""
+    """Process entries in its report (a folded pid 0 entry counts as one)."""
     calls: _builtins.int
     """Syscalls it has counted so far."""
     owner: _builtins.str
@@ -897,7 +898,9 @@ class Report(_message.Message):
 
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Process]:
-        """Every process, by pid (only with per_process, or for the root process)."""
+        """Every process, by pid: live ones and, with per_process, every exited one;
+        without it, exited processes other than the root are folded into pid 0.
+        """
 
     @_builtins.property
     def drops(self) -> Global___Drops:
