@@ -166,6 +166,25 @@ def calls(report: Report, name: str) -> tuple[int, int]:
     return (st.calls, st.errors) if st else (0, 0)
 
 
+def wait_exited(c: Client, sid: str, n: int, timeout: float = 10) -> None:
+    """Until the session's report has ``n`` processes, all exited (the daemon learns of
+    exits at its next drain)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, live = c.report(sid)
+        if len(live.processes) == n and all(p.exit for p in live.processes.values()):
+            return
+        assert time.monotonic() < deadline, live.processes
+        time.sleep(0.1)
+
+
+def local_report(tmp_path: Path, cmd: list[str]) -> Report:
+    """The same program traced from its execve by a local `tracerd run`, for comparison."""
+    out = tmp_path / "local.json"
+    assert tracerd("run", "--json", "-o", str(out), "--", *cmd).returncode == 0
+    return report_from_dict(json.loads(out.read_text()))
+
+
 def assert_exact_tree(report: Report, n: int, threads: int) -> None:
     """The exact fixture's known counts (see tests/fixtures/exact.c)."""
     assert calls(report, "getppid") == (6 * n, 0)
@@ -249,21 +268,11 @@ def test_exec_rule_catches_a_later_exec_from_its_first_syscall(
     try:
         assert subprocess.run([str(exe), "exact", "20", "0"], capture_output=True,
                               timeout=60, check=False).returncode == 0
-        deadline = time.monotonic() + 10
-        while True:  # the daemon learns of the exits at its next drain
-            _, live = client.report(s.id)
-            if len(live.processes) == 3 and all(p.exit for p in live.processes.values()):
-                break
-            assert time.monotonic() < deadline, live.processes
-            time.sleep(0.1)
+        wait_exited(client, s.id, 3)
     finally:
         client.stop(s.id)
     _, report = client.report(s.id)
-    # The same program traced from its execve by `tracerd run`, for comparison.
-    out = tmp_path / "local.json"
-    assert tracerd("run", "--json", "-o", str(out), "--", str(exe), "exact", "20",
-                   "0").returncode == 0
-    local = report_from_dict(json.loads(out.read_text()))
+    local = local_report(tmp_path, [str(exe), "exact", "20", "0"])
     got, want = _sum_calls(report), _sum_calls(local)
     execve = NAME("execve")
     assert execve is not None
@@ -291,21 +300,12 @@ def test_exec_rule_is_exact_for_processes_already_tracked(
         sh.stdin.write("go\n")
         sh.stdin.close()
         assert sh.wait(60) == 0
-        deadline = time.monotonic() + 10
-        while True:
-            _, live = client.report(rule.id)
-            if len(live.processes) == 3 and all(p.exit for p in live.processes.values()):
-                break
-            assert time.monotonic() < deadline, live.processes
-            time.sleep(0.1)
+        wait_exited(client, rule.id, 3)
     finally:
         client.stop(rule.id)
         client.stop(other.id)
     _, report = client.report(rule.id)
-    out = tmp_path / "local.json"
-    assert tracerd("run", "--json", "-o", str(out), "--", str(exe), "exact", "15",
-                   "0").returncode == 0
-    local = report_from_dict(json.loads(out.read_text()))
+    local = local_report(tmp_path, [str(exe), "exact", "15", "0"])
     # The execve itself was in flight while tracked: it belongs to the new generation,
     # as it does to `tracerd run`.
     assert _sum_calls(report) == _sum_calls(local)
