@@ -3,6 +3,7 @@ counts checked exactly as in the foundation tests."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -309,6 +310,55 @@ def test_exec_rule_is_exact_for_processes_already_tracked(
     # The execve itself was in flight while tracked: it belongs to the new generation,
     # as it does to `tracerd run`.
     assert _sum_calls(report) == _sum_calls(local)
+
+
+@pytest.fixture
+def cgroup_dir() -> Iterator[Path]:
+    """A fresh cgroup v2 directory (emptied and removed afterwards)."""
+    from tracerd import _procfs  # noqa: PLC0415
+
+    root = _procfs.cgroup2_root()
+    assert root is not None, "no cgroup v2 hierarchy mounted"
+    d = root / f"tracerd-test-{os.getpid()}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        for pid in (d / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (d / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        d.rmdir()
+
+
+def test_cgroup_target_members_and_later_execs(client: Client, fixture_bin: Path,
+                                               cgroup_dir: Path) -> None:
+    g = Gated(fixture_bin, 10, 0)
+    (cgroup_dir / "cgroup.procs").write_text(str(g.pid))
+    from tracerd import _procfs  # noqa: PLC0415
+
+    root = _procfs.cgroup2_root()
+    assert root is not None
+    s = client.start_cgroup(str(cgroup_dir.relative_to(root)),
+                            options=SessionOptions(per_process=True))
+    try:
+        # A member already there: counted from the start, with its descendants.
+        assert g.go() == 0
+        # A process that joins the cgroup and then execs: caught at its exec.
+        procs = str(cgroup_dir / "cgroup.procs")
+        later = subprocess.run(
+            [str(fixture_bin), "exact", "7", "0"], check=False, capture_output=True,
+            preexec_fn=lambda: Path(procs).write_text(str(os.getpid())))
+        assert later.returncode == 0
+        wait_exited(client, s.id, 6)
+    finally:
+        client.stop(s.id)
+    _, report = client.report(s.id)
+    assert calls(report, "getppid") == (6 * 10 + 6 * 7, 0)
+    assert calls(report, "umask") == (10 + 7, 0)
+    assert all(p.cgroup == "/" + cgroup_dir.name for p in report.processes.values())
 
 
 def _sum_calls(report: Report) -> dict[int, int]:
