@@ -20,6 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_SRC = ROOT / "tests" / "fixtures" / "exact.c"
 FIXTURE_BIN = ROOT / "tests" / "fixtures" / "bin" / "exact"
+#: The real command line, run in a fresh interpreter as a user would.
+TRACERD = [sys.executable, "-m", "tracerd"]
 
 
 def _bpf_unavailable() -> str | None:
@@ -72,7 +74,7 @@ def tracerd(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
     kw.setdefault("timeout", 300)
-    return subprocess.run([sys.executable, "-m", "tracerd", *args], check=False, **kw)
+    return subprocess.run([*TRACERD, *args], check=False, **kw)
 
 
 def traced_json(tmp_path: Path, cmd: Sequence[str], *extra: str,
@@ -97,7 +99,7 @@ class Daemon:
         self.log_path = workdir / "daemon.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracerd", "serve", "--socket", self.socket, *extra],
+            [*TRACERD, "serve", "--socket", self.socket, *extra],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def client(self, **kw: Any) -> Any:

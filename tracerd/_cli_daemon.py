@@ -278,9 +278,6 @@ def _top(stats: dict[int, SyscallStats], name_of: Callable[[int], str], n: int =
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format  # noqa: PLC0415
-
-    from . import _convert  # noqa: PLC0415
     from ._sessions import SessionSummary  # noqa: PLC0415
     from .client import Final, Update  # noqa: PLC0415
 
@@ -313,9 +310,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                 if args.json:
                     from .render import report_to_dict  # noqa: PLC0415
 
-                    final = {"session": json_format.MessageToDict(
-                        _convert.summary_to_pb(ev.session), preserving_proto_field_name=True),
-                        "report": report_to_dict(ev.report, name_of)}
+                    final = {"session": _summary_dict(ev.session),
+                             "report": report_to_dict(ev.report, name_of)}
                     print(json.dumps({"final": final}, sort_keys=True), flush=True)
                 else:
                     print_report(ev.report, args, sys.stdout)

@@ -8,6 +8,22 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import NamedTuple
+
+_PF_EXITING = 0x4  # include/linux/sched.h: getting shut down
+
+
+class ProcStat(NamedTuple):
+    state: str  #: R, S, D, T, t, Z, X...
+    ppid: int
+    flags: int  #: PF_* (task->flags)
+
+    @property
+    def live(self) -> bool:
+        """Neither a zombie nor being torn down: PF_EXITING is set when the kernel's exit
+        hook runs, which can precede the zombie state by a while (files are closed in
+        between), so a flag set after it would never be cleared by that exit."""
+        return self.state not in ("Z", "X") and not self.flags & _PF_EXITING
 
 
 def cmdline(pid: int) -> list[str] | None:
@@ -19,19 +35,19 @@ def cmdline(pid: int) -> list[str] | None:
     return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
-def stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, ppid), None if the process is gone."""
+def stat(pid: int) -> ProcStat | None:
+    """State, ppid and flags; None if the process is gone."""
     try:
         rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return rest[0], int(rest[1])
+        return ProcStat(rest[0], int(rest[1]), int(rest[6]))
     except (OSError, IndexError, ValueError):
         return None
 
 
 def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a zombie never exits again)."""
+    """True while ``pid`` exists and is not exiting (a zombie never exits again)."""
     st = stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
+    return st is not None and st.live
 
 
 def uid(pid: int) -> int | None:
@@ -86,15 +102,3 @@ def cgroup2_root() -> Path | None:
             return Path(left.split()[4].replace("\\040", " "))
     return None
 
-
-_PF_EXITING = 0x4  # include/linux/sched.h: getting shut down
-
-
-def exiting(pid: int) -> bool:
-    """True once the kernel has begun tearing the process down (PF_EXITING), which can
-    precede the zombie state by a while (files are closed in between); also when gone."""
-    try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return bool(int(rest[6]) & _PF_EXITING)
-    except (OSError, IndexError, ValueError):
-        return True

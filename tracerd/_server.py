@@ -33,9 +33,8 @@ from ._sessions import (
     Hub,
     RequestError,
     SpawnedTarget,
-    View,
     drain_forever,
-    sum_stats,
+    since_stats,
 )
 from .model import SyscallStats
 from .v1 import tracerd_pb2 as pb
@@ -210,7 +209,7 @@ class Servicer(pb_grpc.TracerServicer):
                 yield pb.WatchResponse(state=_convert.summary_to_pb(s))
             if view is not None and final is None:
                 seq += 1
-                delta = _delta(view, last)
+                delta = since_stats(view.totals, last)
                 last = view.totals
                 yield pb.WatchResponse(update=_convert.view_to_pb(seq, view, missed, delta,
                                                                   self.name_of))
@@ -222,15 +221,6 @@ class Servicer(pb_grpc.TracerServicer):
                 return
             if w.closed:
                 return
-
-
-def _delta(view: View, last: dict[int, SyscallStats]) -> dict[int, SyscallStats]:
-    out = {}
-    for nr, st in view.totals.items():
-        d = st.since(last[nr]) if nr in last else sum_stats([{nr: st}])[nr]
-        if d.calls:
-            out[nr] = d
-    return out
 
 
 # ---------------------------------------------------------------------- sockets

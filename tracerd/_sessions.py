@@ -333,7 +333,9 @@ def _from_gen(stats: GenStats, min_gen: int = 0) -> dict[int, SyscallStats]:
     return out
 
 
-def _since(cur: dict[int, SyscallStats], base: dict[int, SyscallStats]) -> dict[int, SyscallStats]:
+def since_stats(cur: dict[int, SyscallStats],
+                base: dict[int, SyscallStats]) -> dict[int, SyscallStats]:
+    """Per syscall, what ``cur`` counted after ``base`` (syscalls without calls dropped)."""
     out = {}
     for nr, st in cur.items():
         d = st.since(base[nr]) if nr in base else replace(st, hist=list(st.hist))
@@ -430,7 +432,7 @@ class Hub:
     def _member_stats(self, sess: Session, pid: int) -> dict[int, SyscallStats]:
         m = sess.members[pid]
         cur = _from_gen(self._snapshot.get(pid, {}), m.min_gen)
-        return _filtered(_since(cur, m.baseline), sess.options.syscalls)
+        return _filtered(since_stats(cur, m.baseline), sess.options.syscalls)
 
     def _processes(self, sess: Session) -> dict[int, ProcessInfo]:
         procs = dict(sess.exited)
@@ -623,7 +625,7 @@ class Hub:
             st = _procfs.stat(pid)
             # Checked after tracking: a process that died (or began exiting) in between
             # would otherwise stay tracked, its exit hook having run before the flag was set.
-            if st is None or st[0] in ("Z", "X") or _procfs.exiting(pid):
+            if st is None or not st.live:
                 self.probe.untrack(pid)
                 continue
             self.procs[pid] = ProcessInfo(
@@ -651,10 +653,8 @@ class Hub:
 
     def _finish(self, sess: Session, state: State, reason: str) -> None:
         """Freeze the session's report; the caller refreshed the snapshot just before."""
-        sess.final = replace(self._report(sess), end_ns=self.clock(),
-                             exit=sess.root_exit)
-        if reason != "all processes exited":
-            sess.final.interrupted = reason if state == State.INTERRUPTED else None
+        sess.final = replace(self._report(sess), end_ns=self.clock(), exit=sess.root_exit,
+                             interrupted=reason if state == State.INTERRUPTED else None)
         sess.state, sess.end_ns, sess.end_reason = state, sess.final.end_ns or 0, reason
         sess.members.clear()
         self._drop_rules(sess)
@@ -670,7 +670,7 @@ class Hub:
 
     def _release_unwanted(self) -> None:
         wanted = self._wanted()
-        if not any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running()):
+        if not self._rule_sessions_running():
             for pid in list(self._limbo):
                 self.probe.untrack(pid)
             self._limbo.clear()
@@ -726,13 +726,16 @@ class Hub:
             self.watchers -= 1
 
     def _publish(self, now: int) -> None:
+        drops_now: Drops | None = None
         for sess in self.sessions.values():
             due = [w for w in sess.watchers if now >= w.next_due_ns]
             if not due or sess.state != State.RUNNING:
                 continue
             procs = self._processes(sess)
             totals = sum_stats([p.syscalls for p in procs.values()])
-            drops = self.probe.drops().since(sess.drops_base)
+            if drops_now is None:  # one read of the counters per drain, not per session
+                drops_now = self.probe.drops()
+            drops = drops_now.since(sess.drops_base)
             for w in due:
                 view = View(ts_ns=now, totals=totals,
                             processes=procs if w.per_process else None, drops=drops)
@@ -781,6 +784,10 @@ class Hub:
     def _running(self) -> Iterator[Session]:
         return (s for s in self.sessions.values() if s.state == State.RUNNING)
 
+    def _rule_sessions_running(self) -> bool:
+        """Sessions that take processes at exec (exec rules, cgroups) are running."""
+        return any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running())
+
     def _on_fork(self, ev: LifecycleEvent) -> None:
         child, parent = ev.pid, ev.ppid
         takers = [s for s in self._running() if parent in s.members and s.follows_children
@@ -790,7 +797,7 @@ class Hub:
         if not takers:
             # The kernel tracks every fork of a tracked process; nobody wants this one,
             # unless an exec rule matches it soon: then it waits in limbo (see _sweep).
-            if any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running()):
+            if self._rule_sessions_running():
                 self._limbo[child] = self.clock()
             else:
                 self.probe.untrack(child)

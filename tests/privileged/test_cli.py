@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tracerd
+from conftest import ROOT, TRACERD, tracerd
 
 
 def test_cmd_stdout_untouched_summary_on_stderr() -> None:
@@ -31,7 +31,7 @@ def test_output_file_and_exit_status(tmp_path: Path) -> None:
 
 def test_duration_writes_summary_then_returns_cmd_status(tmp_path: Path) -> None:
     out = tmp_path / "summary.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "tracerd", "run", "--duration", "0.5",
+    proc = subprocess.Popen([*TRACERD, "run", "--duration", "0.5",
                              "-o", str(out), "--", "sh", "-c", "sleep 3; exit 4"],
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -60,7 +60,7 @@ def test_attach_to_running_process(tmp_path: Path) -> None:
     go = tmp_path / "go"
     target = subprocess.Popen(
         ["sh", "-c", f"until [ -e {go} ]; do sleep 0.05; done; for i in 1 2 3; do /bin/true; done"])
-    tracer = subprocess.Popen([sys.executable, "-m", "tracerd", "run", "--per-process",
+    tracer = subprocess.Popen([*TRACERD, "run", "--per-process",
                                "-p", str(target.pid)], stderr=subprocess.PIPE, text=True)
     assert tracer.stderr is not None
     assert tracer.stderr.readline() == f"tracerd: Process {target.pid} attached\n"
@@ -119,7 +119,7 @@ def test_without_bpf_capabilities_is_refused() -> None:
     assert setpriv, "setpriv (util-linux) is part of every Debian install"
     proc = subprocess.run(
         [setpriv, "--bounding-set=-all", "--inh-caps=-all",
-         sys.executable, "-m", "tracerd", "run", "--", "true"],
+         *TRACERD, "run", "--", "true"],
         capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
     assert proc.returncode == 77, proc.stderr
     assert proc.stderr.count("\n") == 1 and "root" in proc.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Daemon, tracerd
+from conftest import TRACERD, Daemon, tracerd
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -371,7 +371,7 @@ def test_cli_start_watch_list_report(daemon: Daemon, fixture_bin: Path) -> None:
     assert started.returncode == 0, started.stderr
     sid = started.stdout.strip()
     watcher = subprocess.Popen(
-        [*_tracerd_argv(), "sessions", "watch", sid, "--interval", "100", "--json",
+        [*TRACERD, "sessions", "watch", sid, "--interval", "100", "--json",
          "--remote", daemon.socket], stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     assert g.go() == 0
@@ -390,12 +390,6 @@ def test_cli_start_watch_list_report(daemon: Daemon, fixture_bin: Path) -> None:
     missing = daemon.cli("report", "nosuchsession")
     assert missing.returncode == 66 and "no session" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-
-
-def _tracerd_argv() -> list[str]:
-    import sys  # noqa: PLC0415
-
-    return [sys.executable, "-m", "tracerd"]
 
 
 def test_run_remote_matches_local_run(daemon: Daemon, fixture_bin: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracerd import _procfs, _sessions
+from tracerd._procfs import ProcStat
 from tracerd._sessions import (
     FOLDED_PID,
     Caller,
@@ -232,9 +233,9 @@ class FakeProcfs:
     def __init__(self, k: FakeProbe) -> None:
         self.k = k
 
-    def stat(self, pid: int) -> tuple[str, int] | None:
+    def stat(self, pid: int) -> ProcStat | None:
         p = self.k.proc.get(pid)
-        return None if p is None else (p.state, p.ppid)
+        return None if p is None else ProcStat(p.state, p.ppid, 0)
 
     def uid(self, pid: int) -> int | None:
         p = self.k.proc.get(pid)
@@ -247,10 +248,6 @@ class FakeProcfs:
     def comm(self, pid: int) -> str:
         p = self.k.proc.get(pid)
         return "" if p is None else p.comm
-
-    def exiting(self, pid: int) -> bool:
-        p = self.k.proc.get(pid)
-        return p is None or p.state in ("Z", "X")
 
     def cgroup(self, pid: int | str) -> str:
         p = self.k.proc.get(int(pid))
