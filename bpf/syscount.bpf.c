@@ -20,9 +20,11 @@ BPF_ARRAY(pids, struct pid_state, PID_MAX);
 BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_ARRAY(limits, struct limit, MAX_LIMITS);
 /* Exec rules: a process whose exec matches any of these becomes tracked inside
- * sched_process_exec, before its first syscall after the exec. Only presence
- * matters (the value is 1); user space counts the sessions sharing a rule. */
+ * sched_process_exec, before its first syscall after the exec. The value is the
+ * pid_state.tracked it gets (TRACKED, or TRACKED_LIMITED + i to be under limits[i]
+ * from its first call); user space counts the sessions sharing a rule. */
 BPF_HASH(rule_comm, struct comm_key, __u32, MAX_RULES);
 BPF_HASH(rule_path, struct path_key, __u32, MAX_RULES);
 BPF_HASH(rule_cgroup, __u64, __u32, MAX_RULES);
@@ -77,6 +79,88 @@ static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr, __u32 
 	return s;
 }
 
+/* Argument i (0..3) of the syscall being entered, from the saved user registers. */
+static __always_inline __u64 syscall_arg(struct pt_regs *regs, int i)
+{
+	__u64 v = 0;
+#if defined(__TARGET_ARCH_x86) || defined(__x86_64__)
+	/* The syscall ABI's fourth argument is r10, not the C ABI's rcx. */
+	int off = i == 0   ? offsetof(struct pt_regs, di)
+		  : i == 1 ? offsetof(struct pt_regs, si)
+		  : i == 2 ? offsetof(struct pt_regs, dx)
+			   : offsetof(struct pt_regs, r10);
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + off);
+#elif defined(__TARGET_ARCH_arm64) || defined(__aarch64__)
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + i * sizeof(__u64));
+#endif
+	return v;
+}
+
+/* Bytes a memory request asks for; 0 for other syscalls (the common case costs
+ * three compares). */
+static __always_inline __u64 requested_bytes(struct pt_regs *regs, __s64 nr)
+{
+	if (nr == NR_MMAP) {
+		if (!(syscall_arg(regs, 3) & MAP_ANONYMOUS_FLAG))
+			return 0; /* a file mapping is not an allocation */
+		return syscall_arg(regs, 1);
+	}
+	if (nr == NR_MREMAP) {
+		__u64 old_len = syscall_arg(regs, 1), new_len = syscall_arg(regs, 2);
+		return new_len > old_len ? new_len - old_len : 0;
+	}
+	if (nr == NR_BRK && TASK_MM_OFF >= 0 && MM_BRK_OFF >= 0) {
+		void *task = (void *)bpf_get_current_task();
+		void *mm = 0;
+		__u64 brk = 0;
+		bpf_probe_read_kernel(&mm, sizeof(mm), task + TASK_MM_OFF);
+		if (!mm)
+			return 0;
+		bpf_probe_read_kernel(&brk, sizeof(brk), mm + MM_BRK_OFF);
+		__u64 want = syscall_arg(regs, 0); /* brk(0) asks where the break is */
+		return want > brk ? want - brk : 0;
+	}
+	return 0;
+}
+
+/* The process is under limits[idx]: count this call against every rule that
+ * covers it, and signal the process once any rule is over. Two CPUs may both see
+ * a rule go over; both signal, which is what tripping means anyway. */
+static __always_inline void enforce(__u32 idx, __u32 nr)
+{
+	struct limit *l = limits.lookup(&idx);
+	if (!l)
+		return;
+	if (!l->tripped_ns) {
+		if (nr >= 64 * NR_MASK_WORDS)
+			return;
+		/* Masked as well, behind a barrier: the compiler drops a mask it can
+		 * prove redundant, and the verifier loses the range check's bound on
+		 * the register it sees. NR_MASK_WORDS is a power of two. */
+		__u32 w = nr / 64;
+		asm volatile("" : "+r"(w));
+		w &= NR_MASK_WORDS - 1;
+		__u64 bit = 1ULL << (nr & 63);
+#pragma unroll
+		for (int i = 0; i < LIMIT_RULES; i++) {
+			if (i >= l->nrules)
+				break;
+			struct limit_rule *r = &l->rule[i];
+			if (!(r->mask[w] & bit))
+				continue;
+			__sync_fetch_and_add(&r->count, 1);
+			if (r->count > r->max)
+				l->tripped_ns = bpf_ktime_get_ns();
+		}
+		if (!l->tripped_ns)
+			return;
+	}
+	/* The call being entered still runs; the signal is delivered when it returns
+	 * (a fatal one also interrupts a blocking wait). */
+	bpf_send_signal(l->sig);
+	__sync_fetch_and_add(&l->signals, 1);
+}
+
 static __always_inline struct pid_state *tracked_process(__u32 tgid)
 {
 	struct pid_state *g = pids.lookup(&tgid);
@@ -128,8 +212,17 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 		return 0;
 	/* The call is counted when it returns, or at thread exit if it never does
 	 * (exit, exit_group, or a thread killed inside a blocking call). */
-	t->nr = (__u16)ctx->args[1];
+	__s64 nr = (__s64)ctx->args[1];
+	t->nr = (__u16)nr;
 	t->start_ns = bpf_ktime_get_ns();
+	if (g->tracked >= TRACKED_LIMITED)
+		enforce(g->tracked - TRACKED_LIMITED, (__u32)nr);
+	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP)) {
+		__u64 bytes = requested_bytes((struct pt_regs *)ctx->args[0], nr);
+		struct stats_val *s = bytes ? stats_slot(tgid, (__u32)nr, g->gen) : 0;
+		if (s)
+			s->alloc_bytes += bytes;
+	}
 	return 0;
 }
 
@@ -211,14 +304,19 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		__builtin_memset(pk, 0, sizeof(*pk));
 		TP_DATA_LOC_READ_STR(pk->path, filename, sizeof(pk->path));
 	}
-	if (rule_cgroup.lookup(&cg) || rule_comm.lookup(&ck) || (pk && rule_path.lookup(pk)))
+	__u32 *code = rule_cgroup.lookup(&cg);
+	if (!code)
+		code = rule_comm.lookup(&ck);
+	if (!code && pk)
+		code = rule_path.lookup(pk);
+	if (code)
 		flags = EVF_RULE_MATCHED;
 	if (!g->tracked) {
-		if (!flags)
+		if (!code)
 			return 0;
 		/* Tracked from here: the execve itself (entered untracked) is not
 		 * counted, every syscall after it is. */
-		g->tracked = 1;
+		g->tracked = *code ? *code : TRACKED;
 		g->start_ns = 0;
 	}
 	/* A new generation: the in-flight execve and everything after it are counted

@@ -38,7 +38,36 @@
 #define TASK_EXIT_CODE_OFF -1
 #endif
 
+/* In-kernel enforcement slots: one per session with a "kill" count budget. */
+#ifndef MAX_LIMITS
+#define MAX_LIMITS 64
+#endif
+
+/* Syscall numbers whose arguments are measured as memory requests, per arch from
+ * user space's generated tables; -1 (the default) turns a measure off. */
+#ifndef NR_MMAP
+#define NR_MMAP -1
+#endif
+#ifndef NR_BRK
+#define NR_BRK -1
+#endif
+#ifndef NR_MREMAP
+#define NR_MREMAP -1
+#endif
+
+/* Byte offsets of task_struct.mm and mm_struct.brk (from BTF, like TASK_EXIT_CODE_OFF);
+ * either negative: brk growth is not measured. */
+#ifndef TASK_MM_OFF
+#define TASK_MM_OFF -1
+#endif
+#ifndef MM_BRK_OFF
+#define MM_BRK_OFF -1
+#endif
+
 #define HIST_BUCKETS 32
+#define LIMIT_RULES 4
+#define NR_MASK_WORDS 8 /* syscall numbers 0..511 */
+#define MAP_ANONYMOUS_FLAG 0x20 /* MAP_ANONYMOUS: the same value on x86_64 and arm64 */
 #define COMM_LEN 16
 #define FILENAME_LEN 256
 #define ERRNO_MAX 4095
@@ -53,8 +82,12 @@ struct pid_state {
 	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter, 0 when not in a syscall */
 	__u32 gen;      /* on a tgid's slot: exec generation, +1 at each exec while tracked */
 	__u16 nr;       /* syscall number seen at sys_enter */
-	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
+	__u16 tracked;  /* on a tgid's slot: 0 untracked, TRACKED plain, or
+			 * TRACKED_LIMITED + i: tracked under limits[i] */
 };
+
+#define TRACKED 1
+#define TRACKED_LIMITED 2
 
 /* Key of rule_path: the execve path, NUL-padded (so equal strings hash equal). */
 struct path_key {
@@ -82,6 +115,29 @@ struct stats_val {
 	__u64 total_ns;  /* time between sys_enter and sys_exit, summed */
 	__u64 max_ns;
 	__u32 hist[HIST_BUCKETS]; /* hist[i]: 2^i <= ns < 2^(i+1); 0 in bucket 0 */
+	/* NR_MMAP (MAP_ANONYMOUS only), NR_BRK, NR_MREMAP: bytes asked for, added at
+	 * sys_enter (a request counts even if it fails): the length of an anonymous
+	 * mapping, the growth of the break, the growth of a remapping. */
+	__u64 alloc_bytes;
+};
+
+/* One count budget enforced in the kernel: calls of the syscalls in mask, by all
+ * processes under the limit together. */
+struct limit_rule {
+	__u64 max;   /* calls allowed; the next one trips the limit */
+	__u64 count; /* calls entered so far (atomic: the processes share it) */
+	__u64 mask[NR_MASK_WORDS]; /* bit nr set: syscall nr counts */
+};
+
+/* A session's in-kernel limits. Once tripped, every syscall entered by a process
+ * under it gets sig (bpf_send_signal: the whole process), so a tree stops at its
+ * next syscall: each process makes at most the call it is in. */
+struct limit {
+	struct limit_rule rule[LIMIT_RULES];
+	__u32 nrules;
+	__u32 sig;
+	__u64 tripped_ns; /* first time a rule went over its max; 0 until then */
+	__u64 signals;    /* signals sent (one per syscall entered after tripping) */
 };
 
 enum event_type {

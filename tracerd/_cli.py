@@ -13,9 +13,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__, _cli_daemon, golden, syscalls
 from ._aggregate import filter_report
-from ._errors import EXIT_CANTCREAT, EXIT_NO_PROCESS, EXIT_USAGE, BadInput, TracerdError
+from ._errors import (
+    EXIT_BUDGET_FAILED,
+    EXIT_CANTCREAT,
+    EXIT_NO_PROCESS,
+    EXIT_USAGE,
+    BadInput,
+    TracerdError,
+)
 
 if TYPE_CHECKING:
+    from ._sessions import Violation
     from .model import Report
 
 _RUN_EPILOG = """\
@@ -25,6 +33,8 @@ exit status: CMD's own (128+N if killed by signal N); tracerd's own errors:
   127 CMD not found.
 with --against FILE: 3 when the run regressed against the golden file (65: the file is
   corrupt, 66: it cannot be read); otherwise CMD's status.
+with --budget FILE: 5 when an assertion that fails the session failed (65: the file is
+  malformed, 66: it cannot be read); it takes precedence over 3 and CMD's status.
 """
 
 _GOLDEN_EPILOG = f"""\
@@ -85,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write this run as a golden file (a one-run baseline)")
     run.add_argument("--against", metavar="FILE",
                      help="compare this run with a golden file; exit 3 on regression")
+    run.add_argument("--budget", metavar="FILE",
+                     help="evaluate renacer.toml-style [[assertion]]s; exit 5 when one fails")
     run.add_argument("command", nargs=argparse.REMAINDER, help="CMD [ARGS...]")
     run.set_defaults(func=_cmd_run)
     _cli_daemon.add_client_options(run, optional=True)
@@ -151,6 +163,10 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield f
 
 
+def _say_violation(v: Violation) -> None:
+    print(_cli_daemon.violation_line(v), file=sys.stderr, flush=True)
+
+
 def _say_attached(pid: int) -> None:
     # strace's wording, so scripts waiting for it work with both.
     print(f"tracerd: Process {pid} attached", file=sys.stderr, flush=True)
@@ -158,7 +174,6 @@ def _say_attached(pid: int) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `tracerd --help` and usage errors stay instant.
-    from . import render  # noqa: PLC0415
     from ._probe import Limits, Probe  # noqa: PLC0415
     from ._run import Outcome, attach, resolve_command, run_command  # noqa: PLC0415
 
@@ -172,7 +187,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # A golden file covers every syscall of a complete run of a command it can rerun.
         raise TracerdError("--save-golden/--against cannot be combined with -p, -e or "
                            "--duration", EXIT_USAGE)
+    if args.budget and args.pid is not None:
+        raise TracerdError("--budget needs a command to run, not -p", EXIT_USAGE)
     baseline = _load_golden(args.against) if args.against else None
+    budget = _cli_daemon.load_budget(args.budget)
     if command:
         resolve_command(command[0])  # fail before spending time loading BPF
     arch = syscalls.current_arch()
@@ -187,7 +205,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.remote is not None:
             if wants_golden:
                 floor = _rss_floor_kib()
-            report, status, why, running = _cli_daemon.run_remote(args, command)
+            report, status, why, running = _cli_daemon.run_remote(args, command, budget)
             outcome = Outcome(report=report, status=status, interrupted=why, running_pid=running)
         else:
             with Probe(Limits.for_this_kernel(**overrides)) as probe:
@@ -197,18 +215,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 else:
                     if wants_golden:
                         floor = _rss_floor_kib()
-                    outcome = run_command(probe, command, duration=args.duration)
+                    outcome = run_command(probe, command, duration=args.duration,
+                                          budget=budget, on_violation=_say_violation)
         report = filter_report(outcome.report, keep)
-        if args.json:
-            out.write(render.report_to_json(report, table.name))
-        else:
-            out.write(render.render_text(report, table.name, per_process=args.per_process,
-                                         percentiles=args.percentiles))
+        _cli_daemon.print_report(report, args, out)
     # Only once the summary is complete on disk: a script waiting for this line may
     # read the file at once.
     if outcome.interrupted:
         print(f"tracerd: tracing stopped early: {outcome.interrupted}", file=sys.stderr)
     status = outcome.wait_status()
+    if budget and outcome.report.budget_failed():
+        status = EXIT_BUDGET_FAILED  # decided; a golden comparison below still prints
     if not wants_golden:
         return status
     rss = _children_maxrss_kib()
@@ -222,7 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _write_golden(args.save_golden, _capture([outcome.report], command, [rss], floor,
                                                  golden.DEFAULT_TOLERANCES))
         print(f"tracerd: golden written to {args.save_golden} (1 run)", file=sys.stderr)
-    return golden.EXIT_REGRESSION if regressed else status
+    return golden.EXIT_REGRESSION if regressed and status != EXIT_BUDGET_FAILED else status
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,10 +14,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import syscalls
 from ._config import DEFAULT_SOCKET, DaemonConfig, load_config, read_token_file
-from ._errors import EXIT_USAGE, TracerdError
+from ._errors import (
+    EXIT_BUDGET_FAILED,
+    EXIT_DATAERR,
+    EXIT_NO_PROCESS,
+    EXIT_USAGE,
+    TracerdError,
+)
 
 if TYPE_CHECKING:
-    from ._sessions import SessionSummary
+    from ._budgets import Assertion
+    from ._sessions import SessionSummary, Violation
     from .client import Client
     from .model import Report, SyscallStats
 
@@ -27,7 +34,9 @@ ADDR: a Unix socket path (default $TRACERD_ADDR, else /run/tracerd/tracerd.sock)
   --token-file or $TRACERD_TOKEN.
 exit status: 0 ok; 65 invalid request, 66 no such session or process, 75 daemon
   unreachable or full (retry later), 77 not authenticated or not permitted, 70 daemon error;
-  report/watch with --fail-interrupted: 4 when the session was interrupted.
+  report/watch with --fail-interrupted: 4 when the session was interrupted;
+  report/watch: 5 when the session's budget failed (start --budget: 65 bad budget file,
+  66 unreadable).
 """
 
 EXIT_INTERRUPTED = 4
@@ -141,6 +150,8 @@ def add_sessions(sub: Any) -> None:
                        help="only these syscalls (names or classes, as for run -e)")
     start.add_argument("--per-process", action="store_true", help="keep per-process detail")
     start.add_argument("--label", default="", help="free-form label")
+    start.add_argument("--budget", metavar="FILE",
+                       help="renacer.toml-style [[assertion]]s the daemon evaluates (README)")
 
     stop = cmd("stop", "stop a session (its report stays available)", _cmd_stop)
     del stop
@@ -214,7 +225,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         raise TracerdError("--duration: must be > 0", EXIT_USAGE)
     opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
                           syscall_spec=tuple(args.syscalls), per_process=args.per_process,
-                          label=args.label)
+                          label=args.label, budget=load_budget(args.budget))
     with connect(args) as client:
         s = client.start(target, opts)
     if args.json:
@@ -247,16 +258,44 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_budget(path: str | None) -> tuple[Assertion, ...]:
+    """The assertions of a budget file; 65 when it is malformed, 66 when unreadable."""
+    if path is None:
+        return ()
+    from . import _budgets  # noqa: PLC0415
+
+    try:
+        return tuple(_budgets.load(path))
+    except _budgets.BudgetUnreadable as e:
+        raise TracerdError(str(e), EXIT_NO_PROCESS) from None  # 66: EX_NOINPUT
+    except _budgets.BudgetError as e:
+        raise TracerdError(str(e), EXIT_DATAERR) from None
+
+
+def violation_line(v: Violation) -> str:
+    r = v.result
+    how = "failed" if r.counts else "warning"
+    enforced = f" ({r.action}, {r.enforcement})" if r.enforcement else ""
+    return f"tracerd: budget {r.name!r} {how}{enforced}: {r.message}"
+
+
+def budget_status(report: Report) -> int:
+    return EXIT_BUDGET_FAILED if report.budget_failed() else 0
+
+
 def print_report(report: Report, args: argparse.Namespace, out: TextIO) -> None:
-    from . import render  # noqa: PLC0415
+    """The report as --json or text; text ends with the budget's verdict table, if any."""
+    from . import _budgets, render  # noqa: PLC0415
 
     name_of = syscalls.table_for(report.arch or None).name
     if getattr(args, "json", False):
         out.write(render.report_to_json(report, name_of))
-    else:
-        out.write(render.render_text(report, name_of,
-                                     per_process=getattr(args, "per_process", False),
-                                     percentiles=getattr(args, "percentiles", False)))
+        return
+    out.write(render.render_text(report, name_of,
+                                 per_process=getattr(args, "per_process", False),
+                                 percentiles=getattr(args, "percentiles", False)))
+    if report.budget:
+        out.write("\n" + _budgets.render_table(report.budget))
 
 
 def _interrupted_status(args: argparse.Namespace, s: SessionSummary) -> int:
@@ -269,7 +308,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with connect(args) as client:
         s, report = client.report(args.session_id)
     print_report(report, args, sys.stdout)
-    return _interrupted_status(args, s)
+    return budget_status(report) or _interrupted_status(args, s)
 
 
 def _top(stats: dict[int, SyscallStats], name_of: Callable[[int], str], n: int = 5) -> str:
@@ -278,7 +317,8 @@ def _top(stats: dict[int, SyscallStats], name_of: Callable[[int], str], n: int =
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from ._sessions import SessionSummary  # noqa: PLC0415
+    from . import _budgets  # noqa: PLC0415
+    from ._sessions import SessionSummary, Violation  # noqa: PLC0415
     from .client import Final, Update  # noqa: PLC0415
 
     name_of = syscalls.table_for().name
@@ -300,6 +340,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     missed = f" (missed {ev.missed})" if ev.missed else ""
                     print(f"#{ev.seq}{missed}: +{calls} calls, {total} total; "
                           f"{_top(ev.delta, name_of) or 'idle'}", flush=True)
+            elif isinstance(ev, Violation):
+                if args.json:
+                    line = {"violation": {"ts_ns": ev.ts_ns,
+                                          "result": _budgets.result_to_dict(ev.result)}}
+                    print(json.dumps(line, sort_keys=True), flush=True)
+                else:
+                    print(violation_line(ev).removeprefix("tracerd: "), flush=True)
             elif isinstance(ev, SessionSummary):
                 if args.json:
                     print(json.dumps({"state": _summary_dict(ev)}, sort_keys=True), flush=True)
@@ -315,7 +362,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     print(json.dumps({"final": final}, sort_keys=True), flush=True)
                 else:
                     print_report(ev.report, args, sys.stdout)
-                status = _interrupted_status(args, ev.session)
+                status = budget_status(ev.report) or _interrupted_status(args, ev.session)
     return status
 
 
@@ -327,19 +374,19 @@ def _stats_json(stats: dict[int, SyscallStats], name_of: Callable[[int], str]) -
 # ---------------------------------------------------------------------- run --remote
 
 
-def run_remote(args: argparse.Namespace, command: list[str]) -> tuple[Report, int, str | None,
-                                                                       int | None]:
+def run_remote(args: argparse.Namespace, command: list[str],
+               budget: tuple[Assertion, ...] = ()) -> tuple[Report, int, str | None, int | None]:
     """``tracerd run --remote``: the daemon traces CMD, spawned here exactly as ``run`` does.
 
     Returns (report, CMD's status if it exited, interrupted reason, pid still running).
     """
     from ._run import spawn_tracked, terminal_signals  # noqa: PLC0415
-    from ._sessions import SessionOptions  # noqa: PLC0415
+    from ._sessions import SessionOptions, Violation  # noqa: PLC0415
     from .client import Final  # noqa: PLC0415
     from .model import ExitStatus  # noqa: PLC0415
 
     opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
-                          syscall_spec=tuple(args.syscalls), per_process=True)
+                          syscall_spec=tuple(args.syscalls), per_process=True, budget=budget)
     clients: list[Client] = []
     sid: list[str] = []
 
@@ -357,6 +404,8 @@ def run_remote(args: argparse.Namespace, command: list[str]) -> tuple[Report, in
             for ev in clients[0].watch(sid[0], interval_ms=60_000):
                 if isinstance(ev, Final):
                     final = ev
+                elif isinstance(ev, Violation):
+                    print(violation_line(ev), file=sys.stderr, flush=True)
         finally:
             for c in clients:
                 c.close()

@@ -7,9 +7,11 @@ client-supplied messages raises RequestError naming the offending field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from . import syscalls
+from . import _budgets, syscalls
+from ._budgets import Assertion, Result
 from ._sessions import (
     CgroupTarget,
     ErrorKind,
@@ -22,6 +24,7 @@ from ._sessions import (
     State,
     Target,
     View,
+    Violation,
 )
 from .model import HIST_BUCKETS, Drops, ExitStatus, ProcessInfo, Report, SyscallStats
 from .v1 import tracerd_pb2 as pb
@@ -59,7 +62,8 @@ def state_from_pb(value: int) -> State | None:
 
 def stats_to_pb(stats: Mapping[int, SyscallStats], name_of: NameOf) -> list[pb.SyscallStats]:
     return [pb.SyscallStats(nr=nr, name=name_of(nr), calls=st.calls, errors=st.errors,
-                            total_ns=st.total_ns, max_ns=st.max_ns, hist=st.hist)
+                            total_ns=st.total_ns, max_ns=st.max_ns, hist=st.hist,
+                            alloc_bytes=st.alloc_bytes)
             for nr, st in sorted(stats.items())]
 
 
@@ -68,7 +72,8 @@ def stats_from_pb(items: Iterable[pb.SyscallStats]) -> dict[int, SyscallStats]:
     for m in items:
         hist = list(m.hist) + [0] * (HIST_BUCKETS - len(m.hist))
         out[m.nr] = SyscallStats(calls=m.calls, errors=m.errors, total_ns=m.total_ns,
-                                 max_ns=m.max_ns, hist=hist[:HIST_BUCKETS])
+                                 max_ns=m.max_ns, hist=hist[:HIST_BUCKETS],
+                                 alloc_bytes=m.alloc_bytes)
     return out
 
 
@@ -104,7 +109,7 @@ def _exit_from_pb(owner: pb.Process | pb.Report) -> ExitStatus | None:
 def process_to_pb(p: ProcessInfo, name_of: NameOf) -> pb.Process:
     m = pb.Process(pid=p.pid, ppid=p.ppid, comm=p.comm, argv=p.argv, filename=p.filename,
                    uid=p.uid, cgroup=p.cgroup, start_ns=p.start_ns, end_ns=p.end_ns or 0,
-                   syscalls=stats_to_pb(p.syscalls, name_of))
+                   syscalls=stats_to_pb(p.syscalls, name_of), peak_rss_bytes=p.peak_rss_bytes)
     if p.exit is not None:
         _exit_to_pb(p.exit, m.exit)
     return m
@@ -115,7 +120,8 @@ def process_from_pb(m: pb.Process) -> ProcessInfo:
                        filename=m.filename, uid=m.uid if m.HasField("uid") else None,
                        cgroup=m.cgroup, start_ns=m.start_ns,
                        end_ns=m.end_ns or None, exit=_exit_from_pb(m),
-                       syscalls=stats_from_pb(m.syscalls))
+                       syscalls=stats_from_pb(m.syscalls),
+                       peak_rss_bytes=m.peak_rss_bytes if m.HasField("peak_rss_bytes") else None)
 
 
 def report_to_pb(r: Report, name_of: NameOf) -> pb.Report:
@@ -123,7 +129,8 @@ def report_to_pb(r: Report, name_of: NameOf) -> pb.Report:
                   start_ns=r.start_ns, end_ns=r.end_ns or 0,
                   processes=[process_to_pb(p, name_of) for _, p in sorted(r.processes.items())],
                   drops=drops_to_pb(r.drops), interrupted=r.interrupted or "",
-                  totals=stats_to_pb(r.totals(), name_of))
+                  totals=stats_to_pb(r.totals(), name_of),
+                  budget=[result_to_pb(x) for x in r.budget], budget_failed=r.budget_failed())
     if r.exit is not None:
         _exit_to_pb(r.exit, m.exit)
     return m
@@ -133,7 +140,57 @@ def report_from_pb(m: pb.Report) -> Report:
     return Report(command=list(m.command), arch=m.arch, kernel=m.kernel, root_pid=m.root_pid,
                   start_ns=m.start_ns, end_ns=m.end_ns or None, exit=_exit_from_pb(m),
                   processes={p.pid: process_from_pb(p) for p in m.processes},
-                  drops=drops_from_pb(m.drops), interrupted=m.interrupted or None)
+                  drops=drops_from_pb(m.drops), interrupted=m.interrupted or None,
+                  budget=[result_from_pb(x) for x in m.budget])
+
+
+# ---------------------------------------------------------------------- budgets
+
+def budget_from_pb(items: Sequence[pb.Assertion]) -> tuple[Assertion, ...]:
+    """The same checks as a budget file: RequestError naming the assertion and field."""
+    # ListFields gives exactly the fields that were set: proto3 optionals that are
+    # present and strings that are not empty, as a budget file would have its keys.
+    entries: list[dict[str, Any]] = [{fd.name: v for fd, v in m.ListFields()} for m in items]
+    try:
+        return tuple(_budgets.parse_entries(entries, "options.budget"))
+    except _budgets.BudgetError as e:
+        raise RequestError(ErrorKind.INVALID, str(e)) from None
+
+
+def budget_to_pb(assertions: Iterable[Assertion]) -> list[pb.Assertion]:
+    out = []
+    for a in assertions:
+        d = a.to_dict()
+        if "signal" in d:
+            d["signal"] = str(d["signal"])
+        out.append(pb.Assertion(**d))
+    return out
+
+
+def result_to_pb(r: Result) -> pb.AssertionResult:
+    return pb.AssertionResult(name=r.name, type=r.type, passed=r.passed, message=r.message,
+                              actual_value=r.actual_value, expected_value=r.expected_value,
+                              action=r.action, enabled=r.enabled,
+                              fail_on_violation=r.fail_on_violation,
+                              first_failed_ns=r.first_failed_ns, pid=r.pid,
+                              enforcement=r.enforcement, overshoot=r.overshoot)
+
+
+def result_from_pb(m: pb.AssertionResult) -> Result:
+    return Result(name=m.name, type=m.type, passed=m.passed, message=m.message,
+                  actual_value=m.actual_value, expected_value=m.expected_value,
+                  action=m.action, enabled=m.enabled, fail_on_violation=m.fail_on_violation,
+                  first_failed_ns=m.first_failed_ns if m.HasField("first_failed_ns") else None,
+                  pid=m.pid if m.HasField("pid") else None, enforcement=m.enforcement,
+                  overshoot=m.overshoot if m.HasField("overshoot") else None)
+
+
+def violation_to_pb(v: Violation) -> pb.Violation:
+    return pb.Violation(ts_ns=v.ts_ns, result=result_to_pb(v.result))
+
+
+def violation_from_pb(m: pb.Violation) -> Violation:
+    return Violation(ts_ns=m.ts_ns, result=result_from_pb(m.result))
 
 
 # ---------------------------------------------------------------------- requests
@@ -181,12 +238,14 @@ def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOpt
         except ValueError as e:
             raise RequestError(ErrorKind.INVALID, f"options.syscalls: {e}") from None
     return SessionOptions(duration_ms=m.duration_ms, syscalls=keep, syscall_spec=spec,
-                          per_process=m.per_process, label=m.label)
+                          per_process=m.per_process, label=m.label,
+                          budget=budget_from_pb(m.budget))
 
 
 def options_to_pb(o: SessionOptions) -> pb.SessionOptions:
     return pb.SessionOptions(duration_ms=o.duration_ms, syscalls=list(o.syscall_spec),
-                             per_process=o.per_process, label=o.label)
+                             per_process=o.per_process, label=o.label,
+                             budget=budget_to_pb(o.budget))
 
 
 def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
@@ -199,7 +258,8 @@ def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
 def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
     spec = tuple(m.options.syscalls)
     opts = SessionOptions(duration_ms=m.options.duration_ms, syscall_spec=spec,
-                          per_process=m.options.per_process, label=m.options.label)
+                          per_process=m.options.per_process, label=m.options.label,
+                          budget=budget_from_pb(m.options.budget))
     return SessionSummary(id=m.session_id, state=_STATE_FROM_PB.get(m.state, State.RUNNING),
                           target=target_from_pb(m.target), options=opts, owner=m.owner,
                           start_ns=m.start_ns, end_ns=m.end_ns, end_reason=m.end_reason,

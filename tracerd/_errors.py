@@ -7,6 +7,7 @@ that cannot be executed or found. They are documented in the README.
 from __future__ import annotations
 
 EXIT_USAGE = 2  #: bad command line (argparse's own status)
+EXIT_BUDGET_FAILED = 5  #: an assertion of the budget that fails the session failed
 EXIT_DATAERR = 65  #: bad input data, e.g. an unknown syscall name in -e
 EXIT_NO_PROCESS = 66  #: -p names a process that does not exist
 EXIT_BPF_UNUSABLE = 69  #: the kernel refused to load or attach the BPF programs

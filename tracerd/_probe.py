@@ -45,7 +45,23 @@ class StatsVal(ct.Structure):
         ("total_ns", ct.c_uint64),
         ("max_ns", ct.c_uint64),
         ("hist", ct.c_uint32 * HIST_BUCKETS),
+        ("alloc_bytes", ct.c_uint64),
     ]
+
+
+LIMIT_RULES = 4  #: rules per in-kernel limit (LIMIT_RULES in syscount.h)
+_NR_MASK_WORDS = 8
+_TRACKED, _TRACKED_LIMITED = 1, 2
+
+
+class LimitRule(ct.Structure):
+    _fields_ = [("max", ct.c_uint64), ("count", ct.c_uint64),
+                ("mask", ct.c_uint64 * _NR_MASK_WORDS)]
+
+
+class Limit(ct.Structure):
+    _fields_ = [("rule", LimitRule * LIMIT_RULES), ("nrules", ct.c_uint32), ("sig", ct.c_uint32),
+                ("tripped_ns", ct.c_uint64), ("signals", ct.c_uint64)]
 
 
 class Event(ct.Structure):
@@ -79,6 +95,7 @@ _EVF_RULE_MATCHED = 1
 MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure] | None]] = {
     "pids": (None, PidState),
     "stats": (StatsKey, StatsVal),
+    "limits": (None, Limit),
     "rule_comm": (CommKey, None),
     "rule_path": (PathKey, None),
 }
@@ -95,6 +112,7 @@ class Limits:
     max_stats: int = 65536
     ringbuf_pages: int = 64
     max_rules: int = 1024
+    max_limits: int = 64  #: sessions with an in-kernel kill budget at once
 
     @classmethod
     def for_this_kernel(cls, **overrides: int) -> Limits:
@@ -162,10 +180,37 @@ def _import_bcc() -> Any:
     return bcc
 
 
+@dataclass(frozen=True)
+class LimitState:
+    """What an in-kernel limit saw: calls entered per rule, when it tripped, signals sent."""
+
+    counts: tuple[int, ...]
+    tripped_ns: int
+    signals: int
+
+
 def _to_stats(v: StatsVal) -> SyscallStats:
-    return SyscallStats(
-        calls=v.calls, errors=v.errors, total_ns=v.total_ns, max_ns=v.max_ns, hist=list(v.hist)
-    )
+    return SyscallStats(calls=v.calls, errors=v.errors, total_ns=v.total_ns, max_ns=v.max_ns,
+                        hist=list(v.hist), alloc_bytes=v.alloc_bytes)
+
+
+def _offset(struct: str, member: str) -> int:
+    try:
+        return _btf.member_offset(struct, member)
+    except _btf.BTFError:
+        return -1  # the measure that needs it is then off (documented in syscount.h)
+
+
+def _memory_syscalls() -> list[str]:
+    """-D numbers of the syscalls whose arguments are memory requests, on this arch."""
+    from .syscalls import table_for  # noqa: PLC0415 - only when loading
+
+    table = table_for()
+    out = []
+    for name in ("mmap", "brk", "mremap"):
+        nr = table.number(name)
+        out.append(f"-DNR_{name.upper()}={-1 if nr is None else nr}")
+    return out
 
 
 def _sum_cpus(values: Iterable[StatsVal]) -> SyscallStats:
@@ -201,18 +246,19 @@ class Probe:
         check_headers()
         ensure_tracefs()
         src = bpf_source_dir()
-        try:
-            exit_off = _btf.member_offset("task_struct", "exit_code")
-        except _btf.BTFError:
-            exit_off = -1  # descendants' exit codes will be reported as unknown
-        self.exit_code_offset = exit_off
+        # Unknown: descendants' exit codes are then reported as unknown.
+        exit_off = self.exit_code_offset = _offset("task_struct", "exit_code")
         cflags = [
             f"-I{src}",
             f"-DPID_MAX={self.limits.pid_max}",
             f"-DMAX_STATS={self.limits.max_stats}",
             f"-DRINGBUF_PAGES={self.limits.ringbuf_pages}",
             f"-DMAX_RULES={self.limits.max_rules}",
+            f"-DMAX_LIMITS={self.limits.max_limits}",
             f"-DTASK_EXIT_CODE_OFF={exit_off}",
+            f"-DTASK_MM_OFF={_offset('task_struct', 'mm')}",
+            f"-DMM_BRK_OFF={_offset('mm_struct', 'brk')}",
+            *_memory_syscalls(),
             "-w",  # header-version warnings would land in the user's terminal
         ]
         try:
@@ -245,8 +291,11 @@ class Probe:
         if not 0 < pid < self.limits.pid_max:
             raise TracerdError(f"pid {pid} is outside 1..{self.limits.pid_max - 1}")
         pids = self._bpf[b"pids"]
+        cur = pids[ct.c_int(pid)]
+        if cur.tracked:
+            return  # already counted (perhaps under a limit, which stays)
         # Keeps the exec generation: counters already under it stay consistent.
-        pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 1)
+        pids[ct.c_int(pid)] = PidState(0, cur.gen, 0, _TRACKED)
 
     def untrack(self, pid: int) -> None:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
@@ -260,6 +309,50 @@ class Probe:
     def is_tracked(self, pid: int) -> bool:
         return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
 
+    # -- in-kernel limits ------------------------------------------------------------
+    def set_limit(self, slot: int, rules: list[tuple[int, frozenset[int]]], sig: int) -> None:
+        """Arm limits[slot]: each rule is (max calls, syscall numbers) counted together."""
+        if not 0 <= slot < self.limits.max_limits or not 0 < len(rules) <= LIMIT_RULES:
+            raise TracerdError(f"limit slot {slot} with {len(rules)} rules is out of range")
+        lim = Limit()
+        for i, (most, nrs) in enumerate(rules):
+            lim.rule[i].max = most
+            for nr in nrs:
+                if 0 <= nr < 64 * _NR_MASK_WORDS:
+                    lim.rule[i].mask[nr // 64] |= 1 << (nr % 64)
+        lim.nrules, lim.sig = len(rules), sig
+        self._bpf[b"limits"][ct.c_int(slot)] = lim
+
+    def read_limit(self, slot: int) -> LimitState:
+        lim = self._bpf[b"limits"][ct.c_int(slot)]
+        return LimitState(counts=tuple(lim.rule[i].count for i in range(lim.nrules)),
+                          tripped_ns=lim.tripped_ns, signals=lim.signals)
+
+    def clear_limit(self, slot: int) -> None:
+        self._bpf[b"limits"][ct.c_int(slot)] = Limit()
+
+    def limit_process(self, pid: int, slot: int | None) -> bool:
+        """Put a tracked process under limits[slot] (None: under none); False if it is
+        not tracked. Its later forks inherit the slot in the kernel.
+
+        Read-modify-write of the pid's slot: a syscall entered in between keeps its
+        entry time (a stale one at worst times one call wrongly, never loses it).
+        """
+        if not 0 < pid < self.limits.pid_max:
+            return False
+        pids = self._bpf[b"pids"]
+        cur = pids[ct.c_int(pid)]
+        if not cur.tracked:
+            return False
+        cur.tracked = _TRACKED if slot is None else _TRACKED_LIMITED + slot
+        pids[ct.c_int(pid)] = cur
+        return True
+
+    def limit_slot(self, pid: int) -> int | None:
+        """The limit a tracked process is under, if any."""
+        t = self._bpf[b"pids"][ct.c_int(pid)].tracked if 0 < pid < self.limits.pid_max else 0
+        return t - _TRACKED_LIMITED if t >= _TRACKED_LIMITED else None
+
     # -- exec rules --------------------------------------------------------------------
     def _rule_key(self, kind: str, value: str | int) -> tuple[Any, Any]:
         table = self._bpf[RULE_MAPS[kind]]
@@ -270,11 +363,12 @@ class Probe:
             return table, CommKey(raw[:15])
         return table, PathKey(raw[:255])
 
-    def add_rule(self, kind: str, value: str | int) -> None:
-        """Track every process whose exec matches: comm, execve path, or cgroup id."""
+    def add_rule(self, kind: str, value: str | int, slot: int | None = None) -> None:
+        """Track every process whose exec matches: comm, execve path, or cgroup id;
+        with ``slot``, under that in-kernel limit from its first call."""
         table, key = self._rule_key(kind, value)
         try:
-            table[key] = ct.c_uint32(1)
+            table[key] = ct.c_uint32(_TRACKED if slot is None else _TRACKED_LIMITED + slot)
         except Exception as e:  # BCC raises bare Exception when the map is full
             raise TracerdError(f"exec rule map '{kind}' is full ({e})") from None
 

@@ -102,3 +102,15 @@ def cgroup2_root() -> Path | None:
             return Path(left.split()[4].replace("\\040", " "))
     return None
 
+
+def vm_hwm_bytes(pid: int) -> int | None:
+    """Peak RSS so far (VmHWM) in bytes; None if the process is gone, or has no mm (a
+    kernel thread, a zombie: the line is absent). Once it is gone, see _taskstats."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                value, unit = line.split()[1:3]
+                return int(value) * 1024 if unit == "kB" else None
+    except (OSError, ValueError):
+        pass
+    return None

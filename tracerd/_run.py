@@ -18,15 +18,20 @@ import pwd
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _procfs
 from ._aggregate import Aggregate
 from ._errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, NoSuchProcess, TracerdError
 from ._probe import Probe
 from .model import Drops, ExitStatus, ProcessInfo, Report
+
+if TYPE_CHECKING:
+    from ._budgets import Assertion
+    from ._sessions import Violation
+    from ._taskstats import ExitListener
 
 #: How long one ring-buffer poll may block; bounds how late a missed exit is noticed.
 POLL_MS = 100
@@ -189,46 +194,74 @@ def terminal_signals() -> Iterator[Callable[[int], None]]:
             signal.signal(s, h)
 
 
-def run_command(probe: Probe, argv: list[str], *, duration: float | None = None) -> Outcome:
-    tracer = Tracer(probe)
+def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
+                budget: Sequence[Assertion] = (),
+                on_violation: Callable[[Violation], None] | None = None) -> Outcome:
+    """Trace CMD and every descendant until all have exited (or ``duration``).
 
-    def register(pid: int, path: str) -> None:
-        probe.track(pid)
-        tracer.agg.add_process(ProcessInfo(pid=pid, ppid=os.getpid(), argv=list(argv),
-                                           filename=path, uid=_procfs.uid(pid),
-                                           cgroup=_procfs.cgroup(pid),
-                                           start_ns=time.monotonic_ns()))
+    Runs on a hub of its own, the daemon's sessions code, so a local run and a run
+    through the daemon count, evaluate budgets and enforce them identically.
+    """
+    from ._sessions import (  # noqa: PLC0415 - the daemon's core, only needed here
+        Caller,
+        Hub,
+        RequestError,
+        SessionOptions,
+        SpawnedTarget,
+        State,
+    )
+
+    def report_violation(_sess: object, v: Violation) -> None:
+        if on_violation is not None:
+            on_violation(v)
+
+    wants_rss = any(a.type == "memory_usage" and a.tracking_mode == "rss" for a in budget)
+    hub = Hub(probe, exit_source=_exit_listener if wants_rss else None,
+              on_violation=report_violation)
+    local = Caller(name="local")
+    opts = SessionOptions(duration_ms=round(duration * 1000) if duration else 0,
+                          per_process=True, budget=tuple(budget))
+    sid: list[str] = []
+
+    def register(pid: int, _path: str) -> None:
+        try:
+            sid.append(hub.start(local, SpawnedTarget(pid=pid, argv=tuple(argv)), opts).id)
+        except RequestError as e:
+            raise TracerdError(str(e)) from None
 
     with terminal_signals() as forward:
         pid = spawn_tracked(argv, register)
         forward(pid)
-        deadline = _deadline(duration)
+        sess = hub.sessions[sid[0]]
         wait_status: int | None = None
-        interrupted = None
-        while True:
-            tracer.step()
+        # Like strace -f, the trace lasts until every traced descendant is gone, not
+        # just CMD: the session ends when the last of its processes exits.
+        while sess.state == State.RUNNING:
+            hub.step(POLL_MS)
             if wait_status is None:
                 wpid, st = os.waitpid(pid, os.WNOHANG)
-                if wpid:
-                    wait_status = st
-                    # Events emitted before CMD became waitable (its last forks
-                    # among them) must be seen before deciding who is still live.
-                    tracer.step(0)
-            # Like strace -f, wait for every traced descendant, not just CMD.
-            if wait_status is not None and not tracer.live():
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                interrupted = "duration limit reached"
-                break
+                wait_status = st if wpid else None
+        if wait_status is None:
+            # Ended with every process gone: CMD is a zombie waiting for this wait.
+            ended = sess.state == State.FINISHED
+            wpid, st = os.waitpid(pid, 0 if ended else os.WNOHANG)
+            wait_status = st if wpid else None
+        _, report = hub.report(local, sess.id)
         exit = ExitStatus.from_wait_status(wait_status) if wait_status is not None else None
-        report = tracer.finish(command=list(argv), root_pid=pid, exit=exit)
-        if exit is not None and pid in report.processes:
-            report.processes[pid].exit = exit
+        if exit is not None:
+            report.exit = exit
+            if pid in report.processes:
+                report.processes[pid].exit = exit
         # After --duration the summary is final while CMD goes on; its status is
         # still what tracerd returns, once the caller has written the summary.
-        report.interrupted = interrupted
         return Outcome(report=report, status=exit.shell_status() if exit else 0,
-                       interrupted=interrupted, running_pid=None if exit else pid)
+                       interrupted=report.interrupted, running_pid=None if exit else pid)
+
+
+def _exit_listener() -> ExitListener:
+    from ._taskstats import ExitListener  # noqa: PLC0415 - netlink, only for RSS budgets
+
+    return ExitListener()
 
 
 def attach(probe: Probe, pid: int, *, duration: float | None = None,

@@ -33,9 +33,11 @@ from ._sessions import (
     Hub,
     RequestError,
     SpawnedTarget,
+    Violation,
     drain_forever,
     since_stats,
 )
+from ._taskstats import ExitListener
 from .model import SyscallStats
 from .v1 import tracerd_pb2 as pb
 from .v1 import tracerd_pb2_grpc as pb_grpc
@@ -204,9 +206,12 @@ class Servicer(pb_grpc.TracerServicer):
         seq = 0
         last: dict[int, SyscallStats] = {}
         while context.is_active():
-            view, missed, states, final = w.take(0.25)
-            for s in states:
-                yield pb.WatchResponse(state=_convert.summary_to_pb(s))
+            view, missed, events, final = w.take(0.25)
+            for ev in events:
+                if isinstance(ev, Violation):
+                    yield pb.WatchResponse(violation=_convert.violation_to_pb(ev))
+                else:
+                    yield pb.WatchResponse(state=_convert.summary_to_pb(ev))
             if view is not None and final is None:
                 seq += 1
                 delta = since_stats(view.totals, last)
@@ -389,7 +394,7 @@ def serve(config: DaemonConfig) -> int:
     drain = None
     server = None
     try:
-        hub = Hub(probe, config.limits)
+        hub = Hub(probe, config.limits, exit_source=ExitListener)
         features = FEATURES + (["btf:task_struct.exit_code"] if probe.exit_code_offset >= 0
                                else [])
         server = build_server(hub, config, features)

@@ -19,18 +19,21 @@ what it last sent, so coalescing loses no calls.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import signal
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from . import _procfs
+from . import _procfs, syscalls
+from ._budgets import Assertion, Evaluator, Result, Sample, matching_syscalls, newly_failed
 from .model import (
     EV_EXEC,
     EV_EXIT,
@@ -47,6 +50,11 @@ from .model import (
 #: not keep per-process detail.
 FOLDED_PID = 0
 
+#: Rules per in-kernel limit (LIMIT_RULES in bpf/syscount.h).
+LIMIT_RULES = 4
+
+_log = logging.getLogger("tracerd.budget")
+
 
 class ProbeLike(Protocol):
     """What the hub needs from the kernel side (tracerd._probe.Probe, or a fake in tests)."""
@@ -59,8 +67,36 @@ class ProbeLike(Protocol):
     def delete_stats_by_gen(self, tgids: list[int]
                             ) -> dict[tuple[int, int, int], SyscallStats]: ...
     def drops(self) -> Drops: ...
-    def add_rule(self, kind: str, value: str | int) -> None: ...
+    def add_rule(self, kind: str, value: str | int, slot: int | None = None) -> None: ...
     def remove_rule(self, kind: str, value: str | int) -> None: ...
+    def set_limit(self, slot: int, rules: list[tuple[int, frozenset[int]]], sig: int) -> None: ...
+    def read_limit(self, slot: int) -> LimitStateLike: ...
+    def clear_limit(self, slot: int) -> None: ...
+    def limit_process(self, pid: int, slot: int | None) -> bool: ...
+    def limit_slot(self, pid: int) -> int | None: ...
+
+
+class LimitStateLike(Protocol):
+    @property
+    def tripped_ns(self) -> int: ...
+
+
+class ExitRecord(Protocol):
+    """A task exit with its peak RSS (tracerd._taskstats.TaskExit)."""
+
+    @property
+    def tgid(self) -> int: ...
+    @property
+    def hiwater_rss_bytes(self) -> int: ...
+
+
+class ExitSource(Protocol):
+    """Where peak RSS of exited processes comes from (tracerd._taskstats.ExitListener)."""
+
+    lost: int
+
+    def drain(self) -> Sequence[ExitRecord]: ...
+    def close(self) -> None: ...
 
 
 class ErrorKind(Enum):
@@ -116,6 +152,7 @@ class SessionOptions:
     syscall_spec: tuple[str, ...] = ()  #: the filter as the client wrote it
     per_process: bool = False
     label: str = ""
+    budget: tuple[Assertion, ...] = ()  #: evaluated on every drain and at the end
 
 
 @dataclass(frozen=True)
@@ -141,6 +178,7 @@ class HubLimits:
     max_interval_ms: int = 3_600_000
     max_finished_sessions: int = 256
     max_duration_ms: int = 30 * 24 * 3600 * 1000
+    max_limits: int = 64  #: in-kernel limit slots (sessions with a kill count budget)
 
 
 class State(Enum):
@@ -157,6 +195,27 @@ class _Member:
     info: ProcessInfo
     baseline: dict[int, SyscallStats]  #: cumulative counts (gens >= min_gen) when it joined
     min_gen: int = 0  #: exec generations before this one are not the session's (exec rules)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An assertion that failed, as a Watch stream reports it."""
+
+    ts_ns: int
+    result: Result
+
+
+@dataclass
+class _Budget:
+    """A session's budget: the evaluator, its last results, and how kills are enforced."""
+
+    evaluator: Evaluator
+    assertions: tuple[Assertion, ...]
+    results: list[Result] = field(default_factory=list)
+    slot: int | None = None  #: in-kernel limit slot
+    kernel: set[int] = field(default_factory=set)  #: assertions killed in the kernel
+    signalled: set[str] = field(default_factory=set)  #: assertions whose action was taken
+    wants_rss: bool = False
 
 
 @dataclass
@@ -179,6 +238,7 @@ class Session:
     cgroup_ids: frozenset[int] = frozenset()
     final: Report | None = None
     watchers: list[Watcher] = field(default_factory=list)
+    budget: _Budget | None = None
 
     @property
     def follows_children(self) -> bool:
@@ -228,7 +288,8 @@ class Watcher:
         self._cond = threading.Condition()
         self._pending: View | None = None
         self._missed = 0  #: views replaced before the stream collected them
-        self._states: list[SessionSummary] = []
+        #: state changes (at most two) and violations (at most one per assertion), in order
+        self._events: list[SessionSummary | Violation] = []
         self._final: tuple[SessionSummary, Report] | None = None
         self.closed = False
         self.released = False  #: the hub no longer counts it (guarded by the hub's lock)
@@ -244,10 +305,11 @@ class Watcher:
             self._cond.notify()
             return replaced
 
-    def offer_state(self, summary: SessionSummary) -> None:
+    def offer_event(self, event: SessionSummary | Violation) -> None:
+        """Queue a state change or a violation. Both are bounded by the session itself:
+        it changes state at most twice and each assertion fails at most once."""
         with self._cond:
-            if len(self._states) < 4:  # a session changes state at most twice
-                self._states.append(summary)
+            self._events.append(event)
             self._cond.notify()
 
     def offer_final(self, summary: SessionSummary, report: Report) -> None:
@@ -261,16 +323,16 @@ class Watcher:
             self._cond.notify()
 
     # consumer side (the stream's own thread)
-    def take(self, timeout_s: float) -> tuple[View | None, int, list[SessionSummary],
+    def take(self, timeout_s: float) -> tuple[View | None, int, list[SessionSummary | Violation],
                                                tuple[SessionSummary, Report] | None]:
-        """Wait up to ``timeout_s`` for something; returns (view, missed, states, final)."""
+        """Wait up to ``timeout_s`` for something; returns (view, missed, events, final)."""
         with self._cond:
-            if not (self._pending or self._states or self._final or self.closed):
+            if not (self._pending or self._events or self._final or self.closed):
                 self._cond.wait(timeout_s)
-            view, missed, states = self._pending, self._missed, self._states
-            self._pending, self._missed, self._states = None, 0, []
+            view, missed, events = self._pending, self._missed, self._events
+            self._pending, self._missed, self._events = None, 0, []
             final = self._final
-            return view, missed, states, final
+            return view, missed, events, final
 
 
 # ---------------------------------------------------------------------- helpers
@@ -369,10 +431,21 @@ class Hub:
     """Sessions over one probe. Thread-safe; see the module docstring."""
 
     def __init__(self, probe: ProbeLike, limits: HubLimits | None = None, *,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 exit_source: Callable[[], ExitSource] | None = None,
+                 on_violation: Callable[[Session, Violation], None] | None = None,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
         self.probe = probe
+        self._kill = kill
         self.limits = limits or HubLimits()
         self.clock = clock
+        self._open_exit_source = exit_source
+        self._exit_source: ExitSource | None = None
+        self.on_violation = on_violation or _log_violation
+        #: peak RSS by pid, for processes of sessions that measure it
+        self._peaks: dict[int, int] = {}
+        #: free in-kernel limit slots, least recently used first (see _release_slot)
+        self._free_slots: deque[int] = deque(range(self.limits.max_limits))
         self.lock = threading.RLock()
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.procs: dict[int, ProcessInfo] = {}  #: processes tracked for some session
@@ -389,6 +462,9 @@ class Hub:
         self.closed = False
         uname = os.uname()
         self.arch, self.kernel = uname.machine, uname.release
+        table = syscalls.table_for()
+        self.syscall_name = table.name
+        self._syscall_names = {nr: table.name(nr) for nr in table.numbers()}
 
     # ------------------------------------------------------------------ queries
     def _session(self, caller: Caller, session_id: str) -> Session:
@@ -437,7 +513,8 @@ class Hub:
     def _processes(self, sess: Session) -> dict[int, ProcessInfo]:
         procs = dict(sess.exited)
         for pid, m in sess.members.items():
-            live = replace(m.info, syscalls=self._member_stats(sess, pid))
+            live = replace(m.info, syscalls=self._member_stats(sess, pid),
+                           peak_rss_bytes=self._peaks.get(pid))
             procs[pid] = _merge(procs[pid], live) if pid in procs else live
         return dict(sorted(procs.items()))
 
@@ -452,7 +529,8 @@ class Hub:
         return Report(command=list(sess.command), arch=self.arch, kernel=self.kernel,
                       root_pid=sess.root_pid, start_ns=sess.start_ns, end_ns=None,
                       exit=sess.root_exit, processes=self._processes(sess),
-                      drops=self.probe.drops().since(sess.drops_base))
+                      drops=self.probe.drops().since(sess.drops_base),
+                      budget=list(sess.budget.results) if sess.budget else [])
 
     # ------------------------------------------------------------------ starting
     def start(self, caller: Caller, target: Target, options: SessionOptions) -> SessionSummary:
@@ -471,9 +549,14 @@ class Hub:
             sid = secrets.token_hex(6)
             while sid in self.sessions:
                 sid = secrets.token_hex(6)
+            if options.budget:
+                # Budgets judge processes one by one (GodProcess, RSS, critical paths).
+                options = replace(options, per_process=True)
             sess = Session(id=sid, target=target, options=options, owner=caller,
                            start_ns=self.clock(), drops_base=self.probe.drops())
             try:
+                if options.budget:
+                    sess.budget = self._new_budget(options)
                 if isinstance(target, PidTarget | SpawnedTarget):
                     self._start_pid(sess, caller, target)
                 elif isinstance(target, CgroupTarget):
@@ -484,6 +567,7 @@ class Hub:
                 # Half-started: whatever it tracked or added to the kernel goes again,
                 # so a refused request never leaves a tracked pid or a rule behind.
                 self._drop_rules(sess)
+                self._end_budget(sess)
                 self._release_unwanted()
                 raise
             self.sessions[sid] = sess
@@ -496,6 +580,148 @@ class Hub:
                                f"outside 0..{self.limits.max_duration_ms}")
         if len(o.label) > 256:
             raise RequestError(ErrorKind.INVALID, "options.label: longer than 256 characters")
+
+    # ------------------------------------------------------------------ budgets
+    def _new_budget(self, options: SessionOptions) -> _Budget:
+        """The budget's evaluator, and an in-kernel limit for its kill count budgets.
+
+        span_count with action kill is one kernel rule; syscall_calls with kill is one
+        rule per syscall it covers. Rules beyond a slot's LIMIT_RULES, or when every
+        slot is taken, are enforced from user space at the next drain instead (the
+        result says which).
+        """
+        assertions = options.budget
+        b = _Budget(evaluator=Evaluator(assertions, self.syscall_name), assertions=assertions)
+        b.wants_rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
+                          for a in assertions)
+        rules: list[tuple[int, frozenset[int]]] = []
+        for i, a in enumerate(assertions):
+            if not (a.enabled and a.action == "kill"):
+                continue
+            nrs = matching_syscalls(a.syscall_pattern(), self._syscall_names)
+            if options.syscalls is not None:
+                nrs &= options.syscalls  # the session counts nothing else
+            if a.type == "span_count" and a.max_spans is not None:
+                wanted = [(a.max_spans, nrs)]
+            elif a.type == "syscall_calls" and a.max_calls is not None:
+                wanted = [(a.max_calls, frozenset({nr})) for nr in sorted(nrs)]
+            else:
+                continue
+            if not wanted or len(rules) + len(wanted) > LIMIT_RULES:
+                continue
+            b.kernel.add(i)
+            rules += wanted
+        if rules and self._free_slots:
+            b.slot = self._free_slots.popleft()
+            self.probe.set_limit(b.slot, rules, signal.SIGKILL)
+        else:
+            b.kernel.clear()
+        if b.wants_rss and self._exit_source is None and self._open_exit_source is not None:
+            try:
+                self._exit_source = self._open_exit_source()
+            except Exception as e:  # peaks of exited processes are then polled ones only
+                _log.warning("taskstats unavailable, RSS of exited processes is the last "
+                             "polled value: %s", e)
+                self._open_exit_source = None
+        return b
+
+    def _limit_members(self, sess: Session, pids: Iterable[int]) -> None:
+        """Put new members under the session's in-kernel limit. A process already under
+        another session's limit stays there (one slot per process); this session's
+        kill then reaches it from user space, at the drain that sees the violation."""
+        slot = sess.budget.slot if sess.budget else None
+        if slot is None:
+            return
+        for pid in pids:
+            if self.probe.limit_slot(pid) is None:
+                self.probe.limit_process(pid, slot)
+
+    def _end_budget(self, sess: Session) -> None:
+        b = sess.budget
+        if b is None:
+            return
+        if b.slot is not None:
+            for pid in [*self.procs, *self._limbo]:
+                if self.probe.limit_slot(pid) == b.slot:
+                    self.probe.limit_process(pid, None)
+            self.probe.clear_limit(b.slot)
+            # Reused last: a fork still in flight when the slot was cleared may carry
+            # it into a process the hub has not seen yet (known race, made rare).
+            self._free_slots.append(b.slot)
+            b.slot = None
+        if self._exit_source is not None and not any(
+                s.budget and s.budget.wants_rss for s in self._running() if s is not sess):
+            self._exit_source.close()
+            self._exit_source = None
+
+    def _evaluate(self, sess: Session, procs: dict[int, ProcessInfo], now: int, *,
+                  final: bool = False) -> list[Result]:
+        """Evaluate the budget at this drain; report, log and act on new violations."""
+        b = sess.budget
+        assert b is not None
+        sample = Sample(ts_ns=now, start_ns=sess.start_ns, root_pid=sess.root_pid,
+                        processes=procs, final=final,
+                        peak_rss_bytes={pid: p.peak_rss_bytes for pid, p in procs.items()
+                                        if p.peak_rss_bytes is not None})
+        results = b.evaluator.update(sample)
+        state = self.probe.read_limit(b.slot) if b.slot is not None else None
+        for i, r in enumerate(results):
+            if state is not None and i in b.kernel:
+                # Overshoot: calls the session counted beyond the budget, i.e. the calls
+                # in flight in each process when the limit tripped (the kernel's own
+                # rule counter stops at the first one over).
+                failed_at = r.first_failed_ns
+                if not r.passed and state.tripped_ns:
+                    failed_at = min(failed_at or state.tripped_ns, state.tripped_ns)
+                results[i] = replace(r, enforcement="kernel", first_failed_ns=failed_at,
+                                     overshoot=max(0, int(r.actual_value - r.expected_value)))
+            elif r.action in ("signal", "kill"):
+                results[i] = replace(r, enforcement="user")
+        new = newly_failed(b.results, results)
+        b.results = results
+        for r in new:
+            v = Violation(ts_ns=now, result=r)
+            for w in sess.watchers:
+                w.offer_event(v)
+            self.on_violation(sess, v)
+            if not final:
+                self._act(sess, r)
+        return results
+
+    def _act(self, sess: Session, r: Result) -> None:
+        """Signal every live process of the session (kill: also the sleeping ones the
+        kernel cannot reach until their next syscall).
+
+        Known race: a member that exited since the last drain and whose pid was reused
+        within that ~100 ms would receive the signal; pidfds would close this gap.
+        """
+        b = sess.budget
+        assert b is not None
+        if r.action not in ("signal", "kill") or r.name in b.signalled:
+            return
+        b.signalled.add(r.name)
+        a = next(a for a in b.assertions if a.name == r.name)
+        sig = signal.SIGKILL if r.action == "kill" else a.signal
+        for pid in list(sess.members):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self._kill(pid, sig)
+
+    def _collect_exit_peaks(self) -> None:
+        """Peak RSS of processes that exited, from taskstats (sent before the exit hook
+        runs, so before the EV_EXIT record the same drain reads)."""
+        if self._exit_source is None:
+            return
+        for rec in self._exit_source.drain():
+            if rec.tgid in self.procs and rec.hiwater_rss_bytes:
+                self._peaks[rec.tgid] = max(self._peaks.get(rec.tgid, 0), rec.hiwater_rss_bytes)
+
+    def _poll_peaks(self) -> None:
+        pids = {pid for s in self._running() if s.budget and s.budget.wants_rss
+                for pid in s.members}
+        for pid in pids:
+            hwm = _procfs.vm_hwm_bytes(pid)
+            if hwm:
+                self._peaks[pid] = max(self._peaks.get(pid, 0), hwm)
 
     def _room_for(self, n: int) -> None:
         if len(self.procs) + n > self.limits.max_tracked_pids:
@@ -587,9 +813,12 @@ class Hub:
     def _add_rules(self, sess: Session, rules: list[tuple[str, str | int]]) -> None:
         added: list[tuple[str, str | int]] = []
         try:
+            slot = sess.budget.slot if sess.budget else None
             for rule in rules:
                 if self._rules.get(rule, 0) == 0:
-                    self.probe.add_rule(*rule)
+                    # A rule shared with a later session keeps this one's slot (if any);
+                    # the later one's kill then reaches its processes from user space.
+                    self.probe.add_rule(*rule, slot=slot)
                 self._rules[rule] = self._rules.get(rule, 0) + 1
                 added.append(rule)
         except Exception as e:
@@ -641,6 +870,7 @@ class Hub:
                 info = replace(self.procs[pid], start_ns=now, syscalls={})
                 base = {} if pid in since_fork else _from_gen(self._snapshot.get(pid, {}))
                 sess.members[pid] = _Member(info=info, baseline=base)
+        self._limit_members(sess, pids)
 
     # ------------------------------------------------------------------ stopping
     def stop(self, caller: Caller, session_id: str) -> SessionSummary:
@@ -653,15 +883,20 @@ class Hub:
 
     def _finish(self, sess: Session, state: State, reason: str) -> None:
         """Freeze the session's report; the caller refreshed the snapshot just before."""
-        sess.final = replace(self._report(sess), end_ns=self.clock(), exit=sess.root_exit,
-                             interrupted=reason if state == State.INTERRUPTED else None)
-        sess.state, sess.end_ns, sess.end_reason = state, sess.final.end_ns or 0, reason
+        now = self.clock()
+        final = replace(self._report(sess), end_ns=now, exit=sess.root_exit,
+                        interrupted=reason if state == State.INTERRUPTED else None)
+        if sess.budget is not None:
+            final.budget = self._evaluate(sess, final.processes, now, final=True)
+        sess.final = final
+        sess.state, sess.end_ns, sess.end_reason = state, now, reason
         sess.members.clear()
         self._drop_rules(sess)
+        self._end_budget(sess)
         self._release_unwanted()
         summary = self.summary(sess)
         for w in sess.watchers:
-            w.offer_state(summary)
+            w.offer_event(summary)
             w.offer_final(summary, sess.final)
 
     def _wanted(self) -> set[int]:
@@ -755,6 +990,7 @@ class Hub:
         with self.lock:
             if self.closed:
                 return
+            self._collect_exit_peaks()
             exits = [ev.pid for ev in events
                      if ev.type == EV_EXIT and (ev.pid in self.procs or ev.pid in self._limbo)]
             if exits:  # one pass over the map for every exit of the batch
@@ -767,6 +1003,10 @@ class Hub:
             self._refresh()
             now = self.clock()
             self._sweep(now)
+            self._poll_peaks()
+            for sess in list(self._running()):
+                if sess.budget is not None:
+                    self._evaluate(sess, self._processes(sess), now)
             for sess in list(self.sessions.values()):
                 limit_ns = sess.options.duration_ms * 1_000_000
                 if sess.state == State.RUNNING and limit_ns and now - sess.start_ns >= limit_ns:
@@ -815,6 +1055,7 @@ class Hub:
         for s in takers:
             # A new process: everything it ever counted belongs to these sessions.
             s.members[child] = _Member(info=replace(info), baseline={})
+            self._limit_members(s, [child])  # inherited in the kernel, unless from another
 
     def _rule_takers(self, ev: LifecycleEvent) -> list[Session]:
         out = []
@@ -878,6 +1119,7 @@ class Hub:
             # included when another session already tracked the process).
             s.members[pid] = _Member(info=replace(info, start_ns=ev.ts_ns, argv=list(info.argv)),
                                      baseline={}, min_gen=ev.gen)
+            self._limit_members(s, [pid])
         if dropped:
             for s in dropped:
                 if s.ends_with_processes and not s.members:
@@ -902,7 +1144,8 @@ class Hub:
                 continue
             stats = self._member_stats(s, pid)
             del s.members[pid]
-            info = replace(m.info, end_ns=ts_ns, exit=exit, syscalls=stats)
+            info = replace(m.info, end_ns=ts_ns, exit=exit, syscalls=stats,
+                           peak_rss_bytes=self._peaks.get(pid))
             if pid == s.root_pid:
                 s.root_exit = exit
             if s.options.per_process or pid == s.root_pid:
@@ -918,6 +1161,7 @@ class Hub:
                 ended.append(s)
         del self.procs[pid]
         self._snapshot.pop(pid, None)
+        self._peaks.pop(pid, None)
         for s in ended:
             self._finish(s, State.FINISHED, "all processes exited")
 
@@ -968,6 +1212,12 @@ class Hub:
             self.probe.delete_stats_by_gen(strays)
             for t in strays:
                 self._snapshot.pop(t, None)
+
+
+def _log_violation(sess: Session, v: Violation) -> None:
+    r = v.result
+    verdict = "failed" if r.counts else "warning"
+    _log.warning("session %s: budget %s %s: %s", sess.id, r.name, verdict, r.message)
 
 
 def drain_forever(hub: Hub, stop: threading.Event, poll_ms: int = 100,

@@ -35,6 +35,7 @@ from ._sessions import (
     SpawnedTarget,
     State,
     Target,
+    Violation,
 )
 from .model import Drops, ProcessInfo, Report, SyscallStats
 from .v1 import tracerd_pb2 as pb
@@ -47,6 +48,7 @@ __all__ = [
     "SessionSummary",
     "State",
     "Update",
+    "Violation",
 ]
 
 #: Exit statuses of the CLI for daemon errors (sysexits(3), as for local errors).
@@ -95,7 +97,7 @@ class Final:
     report: Report
 
 
-WatchEvent = Update | SessionSummary | Final
+WatchEvent = Update | SessionSummary | Violation | Final
 
 
 def _is_unix(address: str) -> bool:
@@ -221,6 +223,8 @@ class Client:
                                  drops=_convert.drops_from_pb(u.drops))
                 elif kind == "state":
                     yield _convert.summary_from_pb(m.state)
+                elif kind == "violation":
+                    yield _convert.violation_from_pb(m.violation)
                 elif kind == "final":
                     yield Final(session=_convert.summary_from_pb(m.final.session),
                                 report=_convert.report_from_pb(m.final.report))

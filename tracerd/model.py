@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import signal as _signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._budgets import Result
 
 #: log2 latency buckets kept per (process, syscall); must equal HIST_BUCKETS in bpf/syscount.h.
 HIST_BUCKETS = 32
@@ -34,11 +38,14 @@ class SyscallStats:
     total_ns: int = 0
     max_ns: int = 0
     hist: list[int] = field(default_factory=_empty_hist)
+    #: mmap (anonymous), brk and mremap only: bytes the calls asked for (see syscount.h)
+    alloc_bytes: int = 0
 
     def add(self, other: SyscallStats) -> None:
         self.calls += other.calls
         self.errors += other.errors
         self.total_ns += other.total_ns
+        self.alloc_bytes += other.alloc_bytes
         self.max_ns = max(self.max_ns, other.max_ns)
         for i, n in enumerate(other.hist):
             self.hist[i] += n
@@ -58,7 +65,8 @@ class SyscallStats:
             top = min((1 << (used[-1] + 1)) - 1, self.max_ns) if used else 0
         return SyscallStats(calls=max(0, self.calls - base.calls),
                             errors=max(0, self.errors - base.errors),
-                            total_ns=max(0, self.total_ns - base.total_ns), max_ns=top, hist=hist)
+                            total_ns=max(0, self.total_ns - base.total_ns), max_ns=top, hist=hist,
+                            alloc_bytes=max(0, self.alloc_bytes - base.alloc_bytes))
 
     def percentile_ns(self, q: float) -> int | None:
         """Upper bound of the log2 bucket holding the q-quantile (0 < q <= 1) of timed calls.
@@ -125,6 +133,8 @@ class ProcessInfo:
     end_ns: int | None = None
     exit: ExitStatus | None = None
     syscalls: dict[int, SyscallStats] = field(default_factory=dict)
+    #: peak RSS (VmHWM while alive, taskstats at exit); None when not measured
+    peak_rss_bytes: int | None = None
 
 
 #: Lifecycle event types (enum event_type in bpf/syscount.h).
@@ -184,6 +194,11 @@ class Report:
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
     drops: Drops = field(default_factory=Drops)
     interrupted: str | None = None  #: why tracing stopped early, if it did
+    budget: list[Result] = field(default_factory=list)  #: results, in the budget's order
+
+    def budget_failed(self) -> bool:
+        """An assertion that fails the session failed."""
+        return any(r.counts for r in self.budget)
 
     def totals(self) -> dict[int, SyscallStats]:
         out: dict[int, SyscallStats] = {}

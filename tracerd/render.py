@@ -21,15 +21,22 @@ JSON schema (``REPORT_SCHEMA``, currently ``tracerd.report/v1``)::
         {"pid": int, "ppid": int, "comm": str, "argv": [str, ...], "filename": str,
          "uid": int | null, "cgroup": str,                  # optional on input
          "start_ns": int, "end_ns": int | null, "exit": EXIT | null,
-         "syscalls": [SYSCALL, ...]}  # sorted by name, then nr
+         "syscalls": [SYSCALL, ...],  # sorted by name, then nr
+         "peak_rss_bytes": int | null}  # optional on input; measured for RSS budgets
       ],
+      "budget": [RESULT, ...],       # optional on input; in the budget's order
+      "budget_failed": bool,         # derived: a result that fails the session failed
       "totals": {"calls": int, "errors": int, "total_ns": int,   # derived from processes
                  "syscalls": [SYSCALL, ...]}
     }
     EXIT    = {"code": int | null, "signal": int | null, "core_dumped": bool,
                "status": int}      # derived: the shell's $? (code, or 128 + signal)
     SYSCALL = {"nr": int, "name": str, "calls": int, "errors": int, "total_ns": int,
-               "max_ns": int, "histogram": [int x HIST_BUCKETS]}
+               "max_ns": int, "histogram": [int x HIST_BUCKETS],
+               "alloc_bytes": int}   # optional on input; see SyscallStats.alloc_bytes
+    RESULT  = tracerd._budgets.result_to_dict: name, type, passed, message, actual_value,
+              expected_value, action, enabled, fail_on_violation, first_failed_ns, pid,
+              enforcement, overshoot
 
 Times are CLOCK_MONOTONIC nanoseconds. ``name`` is informational (it depends on the syscall
 table of ``arch``); ``nr`` is authoritative. Readers ignore unknown keys, so adding a field is
@@ -42,6 +49,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tracerd._budgets import Result, result_to_dict
 from tracerd.model import (
     HIST_BUCKETS,
     REPORT_SCHEMA,
@@ -292,6 +300,7 @@ def _syscalls_to_list(stats: Mapping[int, SyscallStats], name_of: NameOf) -> lis
             "total_ns": st.total_ns,
             "max_ns": st.max_ns,
             "histogram": list(st.hist),
+            "alloc_bytes": st.alloc_bytes,
         }
         for name, nr, st in named
     ]
@@ -319,6 +328,7 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
             "end_ns": proc.end_ns,
             "exit": _exit_to_dict(proc.exit),
             "syscalls": _syscalls_to_list(proc.syscalls, name_of),
+            "peak_rss_bytes": proc.peak_rss_bytes,
         })
     totals = report.totals()
     return {
@@ -338,6 +348,8 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
             "pid_out_of_range": report.drops.pid_out_of_range,
         },
         "processes": procs,
+        "budget": [result_to_dict(r) for r in report.budget],
+        "budget_failed": report.budget_failed(),
         "totals": {
             "calls": sum(st.calls for st in totals.values()),
             "errors": sum(st.errors for st in totals.values()),
@@ -464,6 +476,7 @@ def _syscalls_from(v: Any, path: str) -> dict[int, SyscallStats]:
             total_ns=_get_int(d, "total_ns", p),
             max_ns=_get_int(d, "max_ns", p),
             hist=hist,
+            alloc_bytes=_int(d.get("alloc_bytes", 0), p + "alloc_bytes", signed=False),
         )
     return out
 
@@ -483,6 +496,7 @@ def _process_from(v: Any, path: str) -> ProcessInfo:
         end_ns=_get_opt_int(d, "end_ns", p),
         exit=_exit_from(_field(d, "exit", p), p + "exit"),
         syscalls=_syscalls_from(_field(d, "syscalls", p), p + "syscalls"),
+        peak_rss_bytes=_opt_int(d.get("peak_rss_bytes"), p + "peak_rss_bytes"),
     )
 
 
@@ -499,6 +513,29 @@ def _check_totals(v: Any, processes: Mapping[int, ProcessInfo]) -> None:
         want = sum(getattr(st, key) for st in expect.values())
         if value != want:
             raise ValueError(f"report: field 'totals.{key}' is {value}, processes sum to {want}")
+
+
+def _result_from(v: Any, path: str) -> Result:
+    d = _obj(v, path)
+    p = path + "."
+
+    def number(key: str) -> float:
+        x = _field(d, key, p)
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise _wrong_type(p + key, "a number", x)
+        return float(x)
+
+    return Result(name=_get_str(d, "name", p), type=_get_str(d, "type", p),
+                  passed=_bool(_field(d, "passed", p), p + "passed"),
+                  message=_get_str(d, "message", p), actual_value=number("actual_value"),
+                  expected_value=number("expected_value"), action=_get_str(d, "action", p),
+                  enabled=_bool(_field(d, "enabled", p), p + "enabled"),
+                  fail_on_violation=_bool(_field(d, "fail_on_violation", p),
+                                          p + "fail_on_violation"),
+                  first_failed_ns=_opt_int(d.get("first_failed_ns"), p + "first_failed_ns"),
+                  pid=_opt_int(d.get("pid"), p + "pid"),
+                  enforcement=_str(d.get("enforcement", ""), p + "enforcement"),
+                  overshoot=_opt_int(d.get("overshoot"), p + "overshoot"))
 
 
 def report_from_dict(d: Mapping[str, Any]) -> Report:
@@ -536,6 +573,8 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
             events_lost=_get_int(drops_d, "events_lost", "drops."),
             pid_out_of_range=_get_int(drops_d, "pid_out_of_range", "drops."),
         ),
+        budget=[_result_from(r, f"budget[{i}]")
+                for i, r in enumerate(_list(d.get("budget", []), "budget"))],
     )
 
     duration = _field(d, "duration_ns", "")

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tracerd._budgets import Result
 from tracerd.model import (
     HIST_BUCKETS,
     REPORT_SCHEMA,
@@ -340,8 +341,10 @@ def test_report_to_dict_layout() -> None:
     assert [s["name"] for s in child["syscalls"]] == ["openat", "read"]
     assert child["syscalls"][1] == {
         "nr": 0, "name": "read", "calls": 1, "errors": 1, "total_ns": 6_000, "max_ns": 6_000,
-        "histogram": hist(b12=1),
+        "histogram": hist(b12=1), "alloc_bytes": 0,
     }
+    assert child["peak_rss_bytes"] is None
+    assert d["budget"] == [] and d["budget_failed"] is False
     totals = d["totals"]
     assert (totals["calls"], totals["errors"], totals["total_ns"]) == (6, 1, 12_000)
     assert [s["name"] for s in totals["syscalls"]] == ["exit_group", "openat", "read"]
@@ -374,6 +377,27 @@ def test_round_trip_known_report() -> None:
     report = _two_process_report(Drops(1, 2, 3))
     back = report_from_dict(json.loads(report_to_json(report, name_of)))
     assert back == report
+
+
+def test_round_trip_budget_results_and_memory() -> None:
+    report = _two_process_report()
+    report.processes[200].peak_rss_bytes = 7 << 20
+    report.processes[200].syscalls[0].alloc_bytes = 4096
+    report.budget = [
+        Result(name="calls", type="span_count", passed=False, message="6 syscalls > 5",
+               actual_value=6.0, expected_value=5.0, action="kill", enabled=True,
+               fail_on_violation=True, first_failed_ns=123, pid=None, enforcement="kernel",
+               overshoot=1),
+        Result(name="loop", type="anti_pattern", passed=True, message="no tight loop",
+               actual_value=0.0, expected_value=0.7, action="warn", enabled=True,
+               fail_on_violation=False),
+    ]
+    d = json.loads(report_to_json(report, name_of))
+    assert d["budget_failed"] is True and d["budget"][0]["overshoot"] == 1
+    assert report_from_dict(d) == report
+    d["budget"][0]["passed"] = "no"
+    with pytest.raises(ValueError, match=r"budget\[0\]\.passed"):
+        report_from_dict(d)
 
 
 _u64 = st.integers(min_value=0, max_value=2**64 - 1)

@@ -95,6 +95,15 @@ class FakeProc:
     argv: list[str] = field(default_factory=list)
     state: str = "S"
     cgroup: str = "/test.slice"
+    hwm: int | None = None  #: VmHWM in bytes
+
+
+@dataclass
+class FakeLimit:
+    rules: list[tuple[int, frozenset[int]]]
+    sig: int
+    counts: list[int]
+    tripped_ns: int = 0
 
 
 class FakeProbe:
@@ -112,6 +121,10 @@ class FakeProbe:
         self.drop_counts = Drops()
         self.proc: dict[int, FakeProc] = {}
         self.next_pid = 5000
+        self.limits: dict[int, FakeLimit] = {}
+        self.slot: dict[int, int] = {}  # tracked pid -> limit slot
+        self.rule_slot: dict[tuple[str, str | int], int | None] = {}
+        self.signalled: list[tuple[int, int]] = []  # (pid, sig) sent "in kernel"
 
     # ---- ProbeLike
     def track(self, pid: int) -> None:
@@ -119,6 +132,7 @@ class FakeProbe:
 
     def untrack(self, pid: int) -> None:
         self.tracked.discard(pid)
+        self.slot.pop(pid, None)
 
     def is_tracked(self, pid: int) -> bool:
         return pid in self.tracked
@@ -140,11 +154,33 @@ class FakeProbe:
         d = self.drop_counts
         return Drops(d.stats_full, d.events_lost, d.pid_out_of_range)
 
-    def add_rule(self, kind: str, value: str | int) -> None:
+    def add_rule(self, kind: str, value: str | int, slot: int | None = None) -> None:
         if self.fail_rule == (kind, value):
             raise RuntimeError(f"exec rule map '{kind}' is full")
         self.rule_log.append(("add", kind, value))
         self.rules.add((kind, value))
+        self.rule_slot[(kind, value)] = slot
+
+    def set_limit(self, slot: int, rules: list[tuple[int, frozenset[int]]], sig: int) -> None:
+        self.limits[slot] = FakeLimit(rules=list(rules), sig=sig, counts=[0] * len(rules))
+
+    def read_limit(self, slot: int) -> FakeLimit:
+        return self.limits.get(slot) or FakeLimit(rules=[], sig=0, counts=[])
+
+    def clear_limit(self, slot: int) -> None:
+        self.limits.pop(slot, None)
+
+    def limit_process(self, pid: int, slot: int | None) -> bool:
+        if pid not in self.tracked:
+            return False
+        if slot is None:
+            self.slot.pop(pid, None)
+        else:
+            self.slot[pid] = slot
+        return True
+
+    def limit_slot(self, pid: int) -> int | None:
+        return self.slot.get(pid) if pid in self.tracked else None
 
     def remove_rule(self, kind: str, value: str | int) -> None:
         self.rule_log.append(("remove", kind, value))
@@ -165,6 +201,16 @@ class FakeProbe:
         assert pid in self.proc, f"process {pid} does not exist"
         if pid not in self.tracked:
             return False
+        lim = self.limits.get(self.slot.get(pid, -1))
+        if lim is not None:  # sys_enter's enforce(), one call at a time
+            for _ in range(n):
+                for i, (most, nrs) in enumerate(lim.rules):
+                    if nr in nrs:
+                        lim.counts[i] += 1
+                        if lim.counts[i] > most and not lim.tripped_ns:
+                            lim.tripped_ns = self.clock()
+                if lim.tripped_ns:
+                    self.signalled.append((pid, lim.sig))
         s = self.stats.setdefault((pid, self.gen.get(pid, 0), nr), SyscallStats())
         s.calls += n
         s.errors += errors
@@ -190,6 +236,8 @@ class FakeProbe:
         self.gen[child] = 0
         if parent in self.tracked:
             self.tracked.add(child)
+            if parent in self.slot:
+                self.slot[child] = self.slot[parent]
             self._event(EV_FORK, child, ppid=parent, uid=pp.uid)  # uid: the parent's
         return child
 
@@ -201,6 +249,12 @@ class FakeProbe:
                    or ("cgroup", cgroup_id) in self.rules)
         if pid not in self.tracked and not matched:
             return False
+        if pid not in self.tracked:
+            hit = [k for k in (("comm", comm[:15]), ("path", filename), ("cgroup", cgroup_id))
+                   if k in self.rules]
+            slot = self.rule_slot.get(hit[0])
+            if slot is not None:
+                self.slot[pid] = slot
         self.tracked.add(pid)
         self.gen[pid] = self.gen.get(pid, 0) + 1  # counters after this exec: a new generation
         self._event(EV_EXEC, pid, filename=filename, cgroup_id=cgroup_id, rule_matched=matched)
@@ -213,6 +267,7 @@ class FakeProbe:
         if pid in self.tracked and not lose_event:
             self._event(EV_EXIT, pid, code=raw)
         self.tracked.discard(pid)
+        self.slot.pop(pid, None)
         self.gen.pop(pid, None)
         del self.proc[pid]
         for q in self.proc.values():  # orphans are reparented to init
@@ -255,6 +310,10 @@ class FakeProcfs:
 
     def children(self, pid: int) -> list[int]:
         return [c for c, q in self.k.proc.items() if q.ppid == pid]
+
+    def vm_hwm_bytes(self, pid: int) -> int | None:
+        p = self.k.proc.get(pid)
+        return None if p is None else p.hwm
 
     def alive(self, pid: int) -> bool:
         st = self.stat(pid)
@@ -1166,6 +1225,11 @@ def test_shutdown_interrupts_running_sessions(k: FakeProbe) -> None:
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     p = subprocess.Popen(["sleep", "30"])
+    # Popen returns once the child's execve has released the parent's memory, a moment
+    # before the kernel sets up the new argv: wait until /proc shows it.
+    deadline = time.monotonic() + 5
+    while _procfs.cmdline(p.pid) != ["sleep", "30"] and time.monotonic() < deadline:
+        time.sleep(0.001)
     try:
         yield p
     finally:

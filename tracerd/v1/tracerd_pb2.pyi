@@ -377,6 +377,7 @@ class SessionOptions(_message.Message):
     SYSCALLS_FIELD_NUMBER: _builtins.int
     PER_PROCESS_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     duration_ms: _builtins.int
     """Stop the session after this many milliseconds; 0: no limit."""
     per_process: _builtins.bool
@@ -389,6 +390,12 @@ class SessionOptions(_message.Message):
         strace classes such as "%file"); empty: all.
         """
 
+    @_builtins.property
+    def budget(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assertion]:
+        """Budget evaluated by the daemon on every drain and at the end; a session
+        with a budget keeps per-process detail. Same rules as a budget file.
+        """
+
     def __init__(
         self,
         *,
@@ -396,14 +403,312 @@ class SessionOptions(_message.Message):
         syscalls: _abc.Iterable[_builtins.str] | None = ...,
         per_process: _builtins.bool = ...,
         label: _builtins.str = ...,
+        budget: _abc.Iterable[Global___Assertion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "label", b"label", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duration_ms", b"duration_ms", "label", b"label", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionOptions: _TypeAlias = SessionOptions  # noqa: Y015
+
+@_typing.final
+class Assertion(_message.Message):
+    """One budget assertion: the fields of a renacer.toml [[assertion]] entry, with
+    the same names, meanings and defaults (README, "Budgets"). Fields that do not
+    belong to the type must be left unset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    FAIL_ON_VIOLATION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    MAX_SPANS_FIELD_NUMBER: _builtins.int
+    SPAN_NAME_PATTERN_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_MS_FIELD_NUMBER: _builtins.int
+    TRACE_NAME_PATTERN_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    TRACKING_MODE_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    PROCESS_NAME_PATTERN_FIELD_NUMBER: _builtins.int
+    WINDOW_MS_FIELD_NUMBER: _builtins.int
+    MIN_RATE_FIELD_NUMBER: _builtins.int
+    SYSCALL_NAME_PATTERN_FIELD_NUMBER: _builtins.int
+    MAX_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_ERRORS_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATIO_FIELD_NUMBER: _builtins.int
+    MIN_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_LATENCY_US_FIELD_NUMBER: _builtins.int
+    PERCENTILE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique within the budget."""
+    type: _builtins.str
+    """span_count, critical_path, memory_usage, anti_pattern, syscall_calls,
+    syscall_errors, error_ratio, call_rate or latency.
+    """
+    enabled: _builtins.bool
+    """false: reported as disabled and never evaluated; unset: true."""
+    fail_on_violation: _builtins.bool
+    """false: a violation never fails the session; unset: true."""
+    action: _builtins.str
+    """warn, fail, signal or kill; empty: fail (warn when fail_on_violation is false)."""
+    signal: _builtins.str
+    """Signal sent by action "signal", e.g. "SIGTERM" or "15"; empty: SIGTERM."""
+    max_spans: _builtins.int
+    """span_count: most syscalls the session may make."""
+    span_name_pattern: _builtins.str
+    """span_count: regex on syscall names; only matching calls count."""
+    max_duration_ms: _builtins.float
+    """critical_path: longest wall time, start to exit, in milliseconds."""
+    trace_name_pattern: _builtins.str
+    """critical_path: regex on process names; empty: the root process."""
+    max_bytes: _builtins.int
+    """memory_usage: most bytes."""
+    tracking_mode: _builtins.str
+    """memory_usage: "rss" (peak RSS of any one process) or "allocations"
+    (bytes requested by anonymous mmap, brk and mremap); empty: rss.
+    """
+    pattern: _builtins.str
+    """anti_pattern: "GodProcess" or "TightLoop"."""
+    threshold: _builtins.float
+    """anti_pattern: share of calls, in (0, 1]."""
+    process_name_pattern: _builtins.str
+    """anti_pattern: regex on process names; only matching processes are judged."""
+    window_ms: _builtins.int
+    """TightLoop, call_rate: sliding window in milliseconds; unset: 1000."""
+    min_rate: _builtins.float
+    """TightLoop: calls per second below which a process is never a tight loop."""
+    syscall_name_pattern: _builtins.str
+    """syscall_calls, syscall_errors, error_ratio, call_rate, latency: regex on
+    syscall names; empty: every syscall.
+    """
+    max_calls: _builtins.int
+    """syscall_calls: most calls of any one syscall."""
+    max_errors: _builtins.int
+    """syscall_errors: most failed calls of any one syscall."""
+    max_error_ratio: _builtins.float
+    """error_ratio: largest errors / calls of any one syscall, in [0, 1]."""
+    min_calls: _builtins.int
+    """error_ratio: syscalls with fewer calls are not judged; unset: 1."""
+    max_calls_per_second: _builtins.float
+    """call_rate: most calls per second within any window."""
+    max_latency_us: _builtins.float
+    """latency: largest percentile latency of any one syscall, in microseconds."""
+    percentile: _builtins.float
+    """latency: the percentile, in (0, 100]; unset: 99."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        enabled: _builtins.bool | None = ...,
+        fail_on_violation: _builtins.bool | None = ...,
+        action: _builtins.str = ...,
+        signal: _builtins.str = ...,
+        max_spans: _builtins.int | None = ...,
+        span_name_pattern: _builtins.str = ...,
+        max_duration_ms: _builtins.float | None = ...,
+        trace_name_pattern: _builtins.str = ...,
+        max_bytes: _builtins.int | None = ...,
+        tracking_mode: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        threshold: _builtins.float | None = ...,
+        process_name_pattern: _builtins.str = ...,
+        window_ms: _builtins.int | None = ...,
+        min_rate: _builtins.float | None = ...,
+        syscall_name_pattern: _builtins.str = ...,
+        max_calls: _builtins.int | None = ...,
+        max_errors: _builtins.int | None = ...,
+        max_error_ratio: _builtins.float | None = ...,
+        min_calls: _builtins.int | None = ...,
+        max_calls_per_second: _builtins.float | None = ...,
+        max_latency_us: _builtins.float | None = ...,
+        percentile: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_fail_on_violation", b"_fail_on_violation", "_max_bytes", b"_max_bytes", "_max_calls", b"_max_calls", "_max_calls_per_second", b"_max_calls_per_second", "_max_duration_ms", b"_max_duration_ms", "_max_error_ratio", b"_max_error_ratio", "_max_errors", b"_max_errors", "_max_latency_us", b"_max_latency_us", "_max_spans", b"_max_spans", "_min_calls", b"_min_calls", "_min_rate", b"_min_rate", "_percentile", b"_percentile", "_threshold", b"_threshold", "_window_ms", b"_window_ms", "enabled", b"enabled", "fail_on_violation", b"fail_on_violation", "max_bytes", b"max_bytes", "max_calls", b"max_calls", "max_calls_per_second", b"max_calls_per_second", "max_duration_ms", b"max_duration_ms", "max_error_ratio", b"max_error_ratio", "max_errors", b"max_errors", "max_latency_us", b"max_latency_us", "max_spans", b"max_spans", "min_calls", b"min_calls", "min_rate", b"min_rate", "percentile", b"percentile", "threshold", b"threshold", "window_ms", b"window_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_fail_on_violation", b"_fail_on_violation", "_max_bytes", b"_max_bytes", "_max_calls", b"_max_calls", "_max_calls_per_second", b"_max_calls_per_second", "_max_duration_ms", b"_max_duration_ms", "_max_error_ratio", b"_max_error_ratio", "_max_errors", b"_max_errors", "_max_latency_us", b"_max_latency_us", "_max_spans", b"_max_spans", "_min_calls", b"_min_calls", "_min_rate", b"_min_rate", "_percentile", b"_percentile", "_threshold", b"_threshold", "_window_ms", b"_window_ms", "action", b"action", "enabled", b"enabled", "fail_on_violation", b"fail_on_violation", "max_bytes", b"max_bytes", "max_calls", b"max_calls", "max_calls_per_second", b"max_calls_per_second", "max_duration_ms", b"max_duration_ms", "max_error_ratio", b"max_error_ratio", "max_errors", b"max_errors", "max_latency_us", b"max_latency_us", "max_spans", b"max_spans", "min_calls", b"min_calls", "min_rate", b"min_rate", "name", b"name", "pattern", b"pattern", "percentile", b"percentile", "process_name_pattern", b"process_name_pattern", "signal", b"signal", "span_name_pattern", b"span_name_pattern", "syscall_name_pattern", b"syscall_name_pattern", "threshold", b"threshold", "trace_name_pattern", b"trace_name_pattern", "tracking_mode", b"tracking_mode", "type", b"type", "window_ms", b"window_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__fail_on_violation: _TypeAlias = _typing.Literal["fail_on_violation"]  # noqa: Y015
+    _WhichOneofArgType__fail_on_violation: _TypeAlias = _typing.Literal["_fail_on_violation", b"_fail_on_violation"]  # noqa: Y015
+    _WhichOneofReturnType__max_bytes: _TypeAlias = _typing.Literal["max_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_bytes: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__max_calls: _TypeAlias = _typing.Literal["max_calls"]  # noqa: Y015
+    _WhichOneofArgType__max_calls: _TypeAlias = _typing.Literal["_max_calls", b"_max_calls"]  # noqa: Y015
+    _WhichOneofReturnType__max_calls_per_second: _TypeAlias = _typing.Literal["max_calls_per_second"]  # noqa: Y015
+    _WhichOneofArgType__max_calls_per_second: _TypeAlias = _typing.Literal["_max_calls_per_second", b"_max_calls_per_second"]  # noqa: Y015
+    _WhichOneofReturnType__max_duration_ms: _TypeAlias = _typing.Literal["max_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_duration_ms: _TypeAlias = _typing.Literal["_max_duration_ms", b"_max_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__max_error_ratio: _TypeAlias = _typing.Literal["max_error_ratio"]  # noqa: Y015
+    _WhichOneofArgType__max_error_ratio: _TypeAlias = _typing.Literal["_max_error_ratio", b"_max_error_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_errors: _TypeAlias = _typing.Literal["max_errors"]  # noqa: Y015
+    _WhichOneofArgType__max_errors: _TypeAlias = _typing.Literal["_max_errors", b"_max_errors"]  # noqa: Y015
+    _WhichOneofReturnType__max_latency_us: _TypeAlias = _typing.Literal["max_latency_us"]  # noqa: Y015
+    _WhichOneofArgType__max_latency_us: _TypeAlias = _typing.Literal["_max_latency_us", b"_max_latency_us"]  # noqa: Y015
+    _WhichOneofReturnType__max_spans: _TypeAlias = _typing.Literal["max_spans"]  # noqa: Y015
+    _WhichOneofArgType__max_spans: _TypeAlias = _typing.Literal["_max_spans", b"_max_spans"]  # noqa: Y015
+    _WhichOneofReturnType__min_calls: _TypeAlias = _typing.Literal["min_calls"]  # noqa: Y015
+    _WhichOneofArgType__min_calls: _TypeAlias = _typing.Literal["_min_calls", b"_min_calls"]  # noqa: Y015
+    _WhichOneofReturnType__min_rate: _TypeAlias = _typing.Literal["min_rate"]  # noqa: Y015
+    _WhichOneofArgType__min_rate: _TypeAlias = _typing.Literal["_min_rate", b"_min_rate"]  # noqa: Y015
+    _WhichOneofReturnType__percentile: _TypeAlias = _typing.Literal["percentile"]  # noqa: Y015
+    _WhichOneofArgType__percentile: _TypeAlias = _typing.Literal["_percentile", b"_percentile"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__window_ms: _TypeAlias = _typing.Literal["window_ms"]  # noqa: Y015
+    _WhichOneofArgType__window_ms: _TypeAlias = _typing.Literal["_window_ms", b"_window_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fail_on_violation) -> _WhichOneofReturnType__fail_on_violation | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_bytes) -> _WhichOneofReturnType__max_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_calls) -> _WhichOneofReturnType__max_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_calls_per_second) -> _WhichOneofReturnType__max_calls_per_second | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_duration_ms) -> _WhichOneofReturnType__max_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_ratio) -> _WhichOneofReturnType__max_error_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_errors) -> _WhichOneofReturnType__max_errors | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_latency_us) -> _WhichOneofReturnType__max_latency_us | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_spans) -> _WhichOneofReturnType__max_spans | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_calls) -> _WhichOneofReturnType__min_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_rate) -> _WhichOneofReturnType__min_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percentile) -> _WhichOneofReturnType__percentile | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_ms) -> _WhichOneofReturnType__window_ms | None: ...
+
+Global___Assertion: _TypeAlias = Assertion  # noqa: Y015
+
+@_typing.final
+class AssertionResult(_message.Message):
+    """The verdict on one assertion (Renacer's result fields, and more)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ACTUAL_VALUE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VALUE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    FAIL_ON_VIOLATION_FIELD_NUMBER: _builtins.int
+    FIRST_FAILED_NS_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    OVERSHOOT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The assertion's name."""
+    type: _builtins.str
+    """Its type."""
+    passed: _builtins.bool
+    """It held (also true when disabled)."""
+    message: _builtins.str
+    """What was measured, in words."""
+    actual_value: _builtins.float
+    """The measure (calls, ms, bytes, share, calls/s or us by type)."""
+    expected_value: _builtins.float
+    """The limit it is held to."""
+    action: _builtins.str
+    """warn, fail, signal or kill."""
+    enabled: _builtins.bool
+    """false: not evaluated."""
+    fail_on_violation: _builtins.bool
+    """false: a violation does not fail the session."""
+    first_failed_ns: _builtins.int
+    """When it first failed (CLOCK_MONOTONIC); unset while it holds."""
+    pid: _builtins.int
+    """The process concerned, when one is."""
+    enforcement: _builtins.str
+    """How a signal or kill action is carried out: "kernel" (bpf_send_signal at the
+    over-budget call) or "user" (sent by the daemon when it sees the violation).
+    """
+    overshoot: _builtins.int
+    """Kernel enforcement: calls entered beyond the budget (the in-flight ones)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        actual_value: _builtins.float = ...,
+        expected_value: _builtins.float = ...,
+        action: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        fail_on_violation: _builtins.bool = ...,
+        first_failed_ns: _builtins.int | None = ...,
+        pid: _builtins.int | None = ...,
+        enforcement: _builtins.str = ...,
+        overshoot: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_failed_ns", b"_first_failed_ns", "_overshoot", b"_overshoot", "_pid", b"_pid", "first_failed_ns", b"first_failed_ns", "overshoot", b"overshoot", "pid", b"pid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_failed_ns", b"_first_failed_ns", "_overshoot", b"_overshoot", "_pid", b"_pid", "action", b"action", "actual_value", b"actual_value", "enabled", b"enabled", "enforcement", b"enforcement", "expected_value", b"expected_value", "fail_on_violation", b"fail_on_violation", "first_failed_ns", b"first_failed_ns", "message", b"message", "name", b"name", "overshoot", b"overshoot", "passed", b"passed", "pid", b"pid", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_failed_ns: _TypeAlias = _typing.Literal["first_failed_ns"]  # noqa: Y015
+    _WhichOneofArgType__first_failed_ns: _TypeAlias = _typing.Literal["_first_failed_ns", b"_first_failed_ns"]  # noqa: Y015
+    _WhichOneofReturnType__overshoot: _TypeAlias = _typing.Literal["overshoot"]  # noqa: Y015
+    _WhichOneofArgType__overshoot: _TypeAlias = _typing.Literal["_overshoot", b"_overshoot"]  # noqa: Y015
+    _WhichOneofReturnType__pid: _TypeAlias = _typing.Literal["pid"]  # noqa: Y015
+    _WhichOneofArgType__pid: _TypeAlias = _typing.Literal["_pid", b"_pid"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_failed_ns) -> _WhichOneofReturnType__first_failed_ns | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overshoot) -> _WhichOneofReturnType__overshoot | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pid) -> _WhichOneofReturnType__pid | None: ...
+
+Global___AssertionResult: _TypeAlias = AssertionResult  # noqa: Y015
+
+@_typing.final
+class Violation(_message.Message):
+    """A violation, sent on Watch streams the moment the daemon sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TS_NS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ts_ns: _builtins.int
+    """When the daemon saw it (CLOCK_MONOTONIC)."""
+    @_builtins.property
+    def result(self) -> Global___AssertionResult:
+        """The failed assertion."""
+
+    def __init__(
+        self,
+        *,
+        ts_ns: _builtins.int = ...,
+        result: Global___AssertionResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "ts_ns", b"ts_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Violation: _TypeAlias = Violation  # noqa: Y015
 
 @_typing.final
 class StartSessionRequest(_message.Message):
@@ -687,6 +992,7 @@ class SyscallStats(_message.Message):
     TOTAL_NS_FIELD_NUMBER: _builtins.int
     MAX_NS_FIELD_NUMBER: _builtins.int
     HIST_FIELD_NUMBER: _builtins.int
+    ALLOC_BYTES_FIELD_NUMBER: _builtins.int
     nr: _builtins.int
     """Syscall number on the daemon's architecture."""
     name: _builtins.str
@@ -699,6 +1005,8 @@ class SyscallStats(_message.Message):
     """Time between entry and return, summed over timed calls."""
     max_ns: _builtins.int
     """Longest single call (an upper bound for a window that did not see it; see README)."""
+    alloc_bytes: _builtins.int
+    """mmap (anonymous), brk, mremap: bytes the calls asked for."""
     @_builtins.property
     def hist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """log2 latency histogram: hist[i] counts calls with 2^i <= ns < 2^(i+1)."""
@@ -713,10 +1021,11 @@ class SyscallStats(_message.Message):
         total_ns: _builtins.int = ...,
         max_ns: _builtins.int = ...,
         hist: _abc.Iterable[_builtins.int] | None = ...,
+        alloc_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "errors", b"errors", "hist", b"hist", "max_ns", b"max_ns", "name", b"name", "nr", b"nr", "total_ns", b"total_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_bytes", b"alloc_bytes", "calls", b"calls", "errors", b"errors", "hist", b"hist", "max_ns", b"max_ns", "name", b"name", "nr", b"nr", "total_ns", b"total_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -776,6 +1085,7 @@ class Process(_message.Message):
     END_NS_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
     SYSCALLS_FIELD_NUMBER: _builtins.int
+    PEAK_RSS_BYTES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """Process id (thread-group id)."""
     ppid: _builtins.int
@@ -792,6 +1102,10 @@ class Process(_message.Message):
     """When the session started to count it (CLOCK_MONOTONIC)."""
     end_ns: _builtins.int
     """When it exited; 0 while alive."""
+    peak_rss_bytes: _builtins.int
+    """Peak resident set size in bytes (VmHWM, or taskstats at exit); unset when
+    not measured (only sessions with a memory_usage rss assertion measure it).
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv, read from /proc (best effort: empty when it exited too quickly)."""
@@ -818,13 +1132,19 @@ class Process(_message.Message):
         end_ns: _builtins.int = ...,
         exit: Global___ExitStatus | None = ...,
         syscalls: _abc.Iterable[Global___SyscallStats] | None = ...,
+        peak_rss_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "exit", b"exit", "uid", b"uid"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_peak_rss_bytes", b"_peak_rss_bytes", "_uid", b"_uid", "exit", b"exit", "peak_rss_bytes", b"peak_rss_bytes", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "argv", b"argv", "cgroup", b"cgroup", "comm", b"comm", "end_ns", b"end_ns", "exit", b"exit", "filename", b"filename", "pid", b"pid", "ppid", b"ppid", "start_ns", b"start_ns", "syscalls", b"syscalls", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_peak_rss_bytes", b"_peak_rss_bytes", "_uid", b"_uid", "argv", b"argv", "cgroup", b"cgroup", "comm", b"comm", "end_ns", b"end_ns", "exit", b"exit", "filename", b"filename", "peak_rss_bytes", b"peak_rss_bytes", "pid", b"pid", "ppid", b"ppid", "start_ns", b"start_ns", "syscalls", b"syscalls", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__peak_rss_bytes: _TypeAlias = _typing.Literal["peak_rss_bytes"]  # noqa: Y015
+    _WhichOneofArgType__peak_rss_bytes: _TypeAlias = _typing.Literal["_peak_rss_bytes", b"_peak_rss_bytes"]  # noqa: Y015
     _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
     _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_rss_bytes) -> _WhichOneofReturnType__peak_rss_bytes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
 
 Global___Process: _TypeAlias = Process  # noqa: Y015
@@ -876,6 +1196,8 @@ class Report(_message.Message):
     DROPS_FIELD_NUMBER: _builtins.int
     INTERRUPTED_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    BUDGET_FAILED_FIELD_NUMBER: _builtins.int
     arch: _builtins.str
     """Architecture the syscall numbers belong to."""
     kernel: _builtins.str
@@ -888,6 +1210,8 @@ class Report(_message.Message):
     """End of the trace; 0 while running."""
     interrupted: _builtins.str
     """Why the trace ended early, empty when it did not."""
+    budget_failed: _builtins.bool
+    """An assertion that fails the session failed (see AssertionResult)."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Command line of the root process, if any."""
@@ -910,6 +1234,10 @@ class Report(_message.Message):
     def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyscallStats]:
         """Totals per syscall over all processes."""
 
+    @_builtins.property
+    def budget(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssertionResult]:
+        """Budget results, in the budget's order; empty without a budget."""
+
     def __init__(
         self,
         *,
@@ -924,10 +1252,12 @@ class Report(_message.Message):
         drops: Global___Drops | None = ...,
         interrupted: _builtins.str = ...,
         totals: _abc.Iterable[Global___SyscallStats] | None = ...,
+        budget: _abc.Iterable[Global___AssertionResult] | None = ...,
+        budget_failed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "exit", b"exit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "command", b"command", "drops", b"drops", "end_ns", b"end_ns", "exit", b"exit", "interrupted", b"interrupted", "kernel", b"kernel", "processes", b"processes", "root_pid", b"root_pid", "start_ns", b"start_ns", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "budget", b"budget", "budget_failed", b"budget_failed", "command", b"command", "drops", b"drops", "end_ns", b"end_ns", "exit", b"exit", "interrupted", b"interrupted", "kernel", b"kernel", "processes", b"processes", "root_pid", b"root_pid", "start_ns", b"start_ns", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -975,6 +1305,7 @@ class WatchResponse(_message.Message):
     UPDATE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    VIOLATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def update(self) -> Global___Update:
         """Aggregates at the end of an interval."""
@@ -987,18 +1318,23 @@ class WatchResponse(_message.Message):
     def final(self) -> Global___GetReportResponse:
         """The session's final report; the stream ends after it."""
 
+    @_builtins.property
+    def violation(self) -> Global___Violation:
+        """An assertion of the session's budget failed."""
+
     def __init__(
         self,
         *,
         update: Global___Update | None = ...,
         state: Global___SessionInfo | None = ...,
         final: Global___GetReportResponse | None = ...,
+        violation: Global___Violation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "kind", b"kind", "state", b"state", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "kind", b"kind", "state", b"state", "update", b"update", "violation", b"violation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "kind", b"kind", "state", b"state", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "kind", b"kind", "state", b"state", "update", b"update", "violation", b"violation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["update", "state", "final"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["update", "state", "final", "violation"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
