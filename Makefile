@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel clean
+.PHONY: help setup demo test golden-check budget-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, 
 demo: setup ## trace the bundled sample workload and print the strace -c style summary
 	$(TRACERD) run --percentiles -- sh examples/workload.sh
 
-test: setup lint typecheck proto-check golden-check ## run every test (unit + privileged BPF), as CI does
+test: setup lint typecheck proto-check golden-check budget-check ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check
 	$(PY) -m pytest -q -ra tests
 
@@ -26,6 +26,14 @@ golden-check: setup ## compare each examples/golden/*.sh against its checked-in 
 	@set -e; for golden in examples/golden/*.golden.json; do \
 	  echo "golden-check: $$golden"; \
 	  $(TRACERD) golden compare "$$golden"; \
+	done
+
+# The seed's renacer.toml held against the examples: CI stops the line on exit 5.
+budget-check: setup ## run each examples/golden/*.sh under examples/renacer.toml's budget
+	@set -e; for script in examples/golden/*.sh; do \
+	  echo "budget-check: $$script"; \
+	  env -i PATH=/usr/bin:/bin LC_ALL=C $(TRACERD) run --budget examples/renacer.toml \
+	    -- sh "$$script" > /dev/null; \
 	done
 
 unit: setup ## fast pure-logic tests only

@@ -942,6 +942,13 @@ class Hub:
                                    f"{self.watchers} watchers open: the daemon's limit")
             w = Watcher(session_id, interval_ms * 1_000_000, per_process, self.clock())
             self.watchers += 1
+            # Violations seen before the stream began come first, so a watcher that
+            # connects late (or after the end) still gets every one.
+            results = sess.final.budget if sess.final is not None else (
+                sess.budget.results if sess.budget else [])
+            for r in results:
+                if not r.passed:
+                    w.offer_event(Violation(ts_ns=r.first_failed_ns or sess.start_ns, result=r))
             if sess.final is not None:
                 w.offer_final(self.summary(sess), sess.final)
             else:

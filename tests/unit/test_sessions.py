@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracerd import _procfs, _sessions
+from tracerd import _budgets, _procfs, _sessions
 from tracerd._procfs import ProcStat
 from tracerd._sessions import (
     FOLDED_PID,
@@ -42,6 +42,7 @@ from tracerd._sessions import (
     SpawnedTarget,
     State,
     View,
+    Violation,
     Watcher,
 )
 from tracerd.model import (
@@ -1050,7 +1051,7 @@ def test_non_admin_callers_see_only_their_own_sessions(k: FakeProbe) -> None:
 # ---------------------------------------------------------------------- watchers
 
 
-def take(w: Watcher) -> tuple[View | None, int, list[SessionSummary],
+def take(w: Watcher) -> tuple[View | None, int, list[SessionSummary | Violation],
                               tuple[SessionSummary, Report] | None]:
     return w.take(0)
 
@@ -1546,3 +1547,148 @@ def test_a_tracked_pid_nobody_knows_is_untracked_by_the_sweep(k: FakeProbe) -> N
     k.clock.advance_ms(1500)
     hub.step(0)
     assert not k.is_tracked(m)
+
+
+# ---------------------------------------------------------------------- budgets
+
+GETPPID = 110
+
+
+def budget(text: str) -> tuple[_budgets.Assertion, ...]:
+    return tuple(_budgets.loads(text))
+
+
+@dataclass
+class FakeExit:
+    tgid: int
+    hiwater_rss_bytes: int
+
+
+class FakeExits:
+    def __init__(self) -> None:
+        self.records: list[FakeExit] = []
+        self.lost = 0
+        self.closed = False
+
+    def drain(self) -> list[FakeExit]:
+        out, self.records = self.records, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_budget_is_evaluated_at_each_drain_and_streamed(k: FakeProbe) -> None:
+    killed: list[tuple[int, int]] = []
+    seen: list[Violation] = []
+    hub = Hub(k, clock=k.clock, kill=lambda pid, sig: killed.append((pid, sig)),
+              on_violation=lambda _s, v: seen.append(v))
+    root = k.spawn()
+    sid = start(hub, PidTarget(root, children=True), budget=budget(
+        '[[assertion]]\nname = "few"\ntype = "span_count"\nmax_spans = 10\n'
+        'action = "signal"\nsignal = "SIGUSR1"\n'
+        '[[assertion]]\nname = "warned"\ntype = "syscall_calls"\nmax_calls = 3\n'
+        'fail_on_violation = false\n'))
+    assert hub.sessions[sid].options.per_process  # a budget keeps per-process detail
+    w = hub.watch(ADMIN, sid, 1000, False)
+    k.call(root, READ, 3)
+    hub.step(0)
+    assert [r.passed for r in report(hub, sid).budget] == [True, True] and not seen
+    child = k.fork(root)
+    k.call(child, READ, 8)
+    k.clock.advance_ms(1)
+    hub.step(0)
+    results = report(hub, sid).budget
+    assert [(r.passed, r.actual_value) for r in results] == [(False, 11), (False, 11)]
+    assert [v.result.name for v in seen] == ["few", "warned"]
+    assert results[0].counts and not results[1].counts and results[0].enforcement == "user"
+    # The signal reaches every live process of the session, once.
+    assert sorted(killed) == sorted([(root, signal.SIGUSR1), (child, signal.SIGUSR1)])
+    k.call(root, READ, 5)
+    hub.step(0)
+    assert len(killed) == 2 and len(seen) == 2  # failed once, acted once
+    events = take(w)[2]
+    assert [e.result.name for e in events if isinstance(e, Violation)] == ["few", "warned"]
+    # A watcher that connects later is told of the violations already seen.
+    late = hub.watch(ADMIN, sid, 1000, False)
+    assert [e.result.name for e in take(late)[2] if isinstance(e, Violation)] == ["few",
+                                                                                 "warned"]
+    k.exit(child)
+    k.exit(root)
+    hub.step(0)
+    final = report(hub, sid)
+    assert final.budget_failed() and final.budget[0].actual_value == 16
+
+
+def test_kill_budget_gets_an_inherited_kernel_limit_released_at_the_end(k: FakeProbe) -> None:
+    hub = Hub(k, HubLimits(max_limits=1), clock=k.clock, kill=lambda _p, _s: None)
+    text = ('[[assertion]]\nname = "cap"\ntype = "span_count"\nmax_spans = 4\n'
+            'span_name_pattern = "^read$"\naction = "kill"\n')
+    root = k.spawn()
+    sid = start(hub, PidTarget(root, children=True), budget=budget(text))
+    assert k.limit_slot(root) == 0 and k.limits[0].sig == signal.SIGKILL
+    assert k.limits[0].rules == [(4, frozenset({READ}))]
+    child = k.fork(root)  # inherits the slot in the kernel
+    assert k.limit_slot(child) == 0
+    k.call(child, WRITE, 10)  # not counted against the rule
+    k.call(child, READ, 4)
+    assert not k.signalled
+    k.call(root, READ, 2)  # over: the kernel signals the calls entered from now on
+    assert k.signalled == [(root, signal.SIGKILL), (root, signal.SIGKILL)]
+    k.clock.advance_ms(1)
+    hub.step(0)
+    r = report(hub, sid).budget[0]
+    assert (r.passed, r.enforcement, r.overshoot) == (False, "kernel", 2)
+    assert r.first_failed_ns == k.limits[0].tripped_ns  # the kernel's time, not the drain's
+    # One slot only: a second kill budget is enforced from user space.
+    other = k.spawn()
+    sid2 = start(hub, PidTarget(other), budget=budget(text))
+    assert k.limit_slot(other) is None
+    k.call(other, READ, 5)
+    hub.step(0)
+    assert report(hub, sid2).budget[0].enforcement == "user"
+    hub.stop(ADMIN, sid)
+    assert 0 not in k.limits and hub._free_slots == deque([0])
+    assert k.limit_slot(root) is None and k.limit_slot(child) is None
+
+
+def test_rule_session_limits_processes_from_their_exec(k: FakeProbe) -> None:
+    hub = Hub(k, clock=k.clock, kill=lambda _p, _s: None)
+    start(hub, ExecRuleTarget(comm="job"), budget=budget(
+        '[[assertion]]\nname = "cap"\ntype = "span_count"\nmax_spans = 4\naction = "kill"\n'))
+    assert k.rule_slot[("comm", "job")] == 0
+    p = k.spawn()
+    assert k.exec(p, "job")
+    assert k.limit_slot(p) == 0  # from the exec itself, before any drain
+
+
+def test_peak_rss_from_polls_and_exit_records(k: FakeProbe) -> None:
+    exits = FakeExits()
+    hub = Hub(k, clock=k.clock, exit_source=lambda: exits)
+    root = k.spawn()
+    sid = start(hub, PidTarget(root, children=True), budget=budget(
+        '[[assertion]]\nname = "rss"\ntype = "memory_usage"\nmax_bytes = 1000\n'))
+    child = k.fork(root)
+    k.proc[root].hwm, k.proc[child].hwm = 500, 700
+    hub.step(0)
+    assert report(hub, sid).budget[0].actual_value == 700
+    # The child's exit record carries a higher peak than it was last polled at.
+    exits.records.append(FakeExit(tgid=child, hiwater_rss_bytes=1500))
+    exits.records.append(FakeExit(tgid=99999, hiwater_rss_bytes=10**9))  # not ours
+    k.exit(child)
+    hub.step(0)
+    r = report(hub, sid)
+    assert r.processes[child].peak_rss_bytes == 1500 and r.budget[0].actual_value == 1500
+    assert r.budget[0].pid == child and not r.budget[0].passed
+    k.exit(root)
+    hub.step(0)
+    assert exits.closed  # nobody needs exit records any more
+
+
+def test_start_refused_by_budget_leaves_no_limit(k: FakeProbe) -> None:
+    hub = Hub(k, HubLimits(max_limits=2), clock=k.clock)
+    raises_kind(ErrorKind.NOT_FOUND, hub.start, ADMIN, PidTarget(4242),
+                SessionOptions(budget=budget(
+                    '[[assertion]]\nname = "c"\ntype = "span_count"\nmax_spans = 1\n'
+                    'action = "kill"\n')))
+    assert not k.limits and len(hub._free_slots) == 2
