@@ -21,10 +21,11 @@ BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS,
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_ARRAY(limits, struct limit, MAX_LIMITS);
+BPF_ARRAY(limit_of, __u32, PID_MAX);
 /* Exec rules: a process whose exec matches any of these becomes tracked inside
  * sched_process_exec, before its first syscall after the exec. The value is the
- * pid_state.tracked it gets (TRACKED, or TRACKED_LIMITED + i to be under limits[i]
- * from its first call); user space counts the sessions sharing a rule. */
+ * limit_of it gets (0, or i + 1 to be under limits[i] from its first call); user
+ * space counts the sessions sharing a rule. */
 BPF_HASH(rule_comm, struct comm_key, __u32, MAX_RULES);
 BPF_HASH(rule_path, struct path_key, __u32, MAX_RULES);
 BPF_HASH(rule_cgroup, __u64, __u32, MAX_RULES);
@@ -131,9 +132,7 @@ static __always_inline void enforce(__u32 idx, __u32 nr)
 	struct limit *l = limits.lookup(&idx);
 	if (!l)
 		return;
-	if (!l->tripped_ns) {
-		if (nr >= 64 * NR_MASK_WORDS)
-			return;
+	if (nr < 64 * NR_MASK_WORDS) {
 		/* Masked as well, behind a barrier: the compiler drops a mask it can
 		 * prove redundant, and the verifier loses the range check's bound on
 		 * the register it sees. NR_MASK_WORDS is a power of two. */
@@ -148,13 +147,17 @@ static __always_inline void enforce(__u32 idx, __u32 nr)
 			struct limit_rule *r = &l->rule[i];
 			if (!(r->mask[w] & bit))
 				continue;
+			/* Counted after tripping as well: count - max is what got past. */
 			__sync_fetch_and_add(&r->count, 1);
-			if (r->count > r->max)
-				l->tripped_ns = bpf_ktime_get_ns();
+			if (r->count > r->max && !r->tripped_ns) {
+				r->tripped_ns = bpf_ktime_get_ns();
+				if (!l->tripped_ns)
+					l->tripped_ns = r->tripped_ns;
+			}
 		}
-		if (!l->tripped_ns)
-			return;
 	}
+	if (!l->tripped_ns)
+		return;
 	/* The call being entered still runs; the signal is delivered when it returns
 	 * (a fatal one also interrupts a blocking wait). */
 	bpf_send_signal(l->sig);
@@ -215,8 +218,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	__s64 nr = (__s64)ctx->args[1];
 	t->nr = (__u16)nr;
 	t->start_ns = bpf_ktime_get_ns();
-	if (g->tracked >= TRACKED_LIMITED)
-		enforce(g->tracked - TRACKED_LIMITED, (__u32)nr);
+	__u32 *lim = limit_of.lookup(&tgid);
+	if (lim && *lim)
+		enforce(*lim - 1, (__u32)nr);
 	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP)) {
 		__u64 bytes = requested_bytes((struct pt_regs *)ctx->args[0], nr);
 		struct stats_val *s = bytes ? stats_slot(tgid, (__u32)nr, g->gen) : 0;
@@ -281,6 +285,11 @@ TRACEPOINT_PROBE(task, task_newtask)
 	c->nr = 0;
 	c->gen = 0;
 	c->tracked = g ? g->tracked : 0;
+	/* A tracked parent's limit goes to its child (user space takes it back if the
+	 * child is not the limiting session's); anyone else's slot is cleared. */
+	__u32 *plim = g ? limit_of.lookup(&tgid) : 0;
+	__u32 clim = plim ? *plim : 0;
+	limit_of.update(&child, &clim);
 	if (g)
 		emit(EV_FORK, child, tgid, 0);
 	return 0;
@@ -316,8 +325,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			return 0;
 		/* Tracked from here: the execve itself (entered untracked) is not
 		 * counted, every syscall after it is. */
-		g->tracked = *code ? *code : TRACKED;
+		g->tracked = 1;
 		g->start_ns = 0;
+		limit_of.update(&tgid, code);
 	}
 	/* A new generation: the in-flight execve and everything after it are counted
 	 * under it (the execve of an already tracked process included). */
@@ -378,6 +388,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (args->group_dead && g) {
 		g->tracked = 0;
 		g->gen = 0;
+		__u32 none = 0;
+		limit_of.update(&tgid, &none);
 	}
 	return 0;
 }

@@ -82,12 +82,8 @@ struct pid_state {
 	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter, 0 when not in a syscall */
 	__u32 gen;      /* on a tgid's slot: exec generation, +1 at each exec while tracked */
 	__u16 nr;       /* syscall number seen at sys_enter */
-	__u16 tracked;  /* on a tgid's slot: 0 untracked, TRACKED plain, or
-			 * TRACKED_LIMITED + i: tracked under limits[i] */
+	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
 };
-
-#define TRACKED 1
-#define TRACKED_LIMITED 2
 
 /* Key of rule_path: the execve path, NUL-padded (so equal strings hash equal). */
 struct path_key {
@@ -124,14 +120,18 @@ struct stats_val {
 /* One count budget enforced in the kernel: calls of the syscalls in mask, by all
  * processes under the limit together. */
 struct limit_rule {
-	__u64 max;   /* calls allowed; the next one trips the limit */
-	__u64 count; /* calls entered so far (atomic: the processes share it) */
+	__u64 max;        /* calls allowed; the next one trips the limit */
+	__u64 count;      /* calls entered so far, after tripping too (atomic: shared) */
+	__u64 tripped_ns; /* when this rule went over its max; 0 until then */
 	__u64 mask[NR_MASK_WORDS]; /* bit nr set: syscall nr counts */
 };
 
 /* A session's in-kernel limits. Once tripped, every syscall entered by a process
  * under it gets sig (bpf_send_signal: the whole process), so a tree stops at its
- * next syscall: each process makes at most the call it is in. */
+ * next syscall: each process makes at most the call it is in. Which limit a process
+ * is under is kept in the limit_of array (by tgid: 0 none, i + 1 for limits[i]),
+ * apart from pid_state, so user space can set it without rewriting fields the
+ * kernel updates (exec generation, tracked flag). */
 struct limit {
 	struct limit_rule rule[LIMIT_RULES];
 	__u32 nrules;

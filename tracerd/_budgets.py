@@ -205,8 +205,11 @@ _SIGNAL_NAMES = tuple(s.name for s in _signal.Signals)
 
 
 def _signal_number(value: Any) -> int:
-    """A signal given as "SIGTERM", "TERM" (any case) or a number."""
+    """A signal given as "SIGTERM", "TERM" (any case) or a number ("15" too: the
+    protobuf field is a string, and realtime signals have no name)."""
     _expect(value, "a signal name or number", str, int)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
     if isinstance(value, int):
         if 1 <= value < _signal.NSIG:
             return value

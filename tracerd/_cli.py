@@ -224,10 +224,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         print(f"tracerd: tracing stopped early: {outcome.interrupted}", file=sys.stderr)
     status = outcome.wait_status()
-    if budget and outcome.report.budget_failed():
-        status = EXIT_BUDGET_FAILED  # decided; a golden comparison below still prints
+    budget_failed = bool(budget) and outcome.report.budget_failed()
     if not wants_golden:
-        return status
+        return EXIT_BUDGET_FAILED if budget_failed else status
     rss = _children_maxrss_kib()
     regressed = False
     if baseline is not None:
@@ -239,7 +238,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _write_golden(args.save_golden, _capture([outcome.report], command, [rss], floor,
                                                  golden.DEFAULT_TOLERANCES))
         print(f"tracerd: golden written to {args.save_golden} (1 run)", file=sys.stderr)
-    return golden.EXIT_REGRESSION if regressed and status != EXIT_BUDGET_FAILED else status
+    if budget_failed:
+        return EXIT_BUDGET_FAILED
+    return golden.EXIT_REGRESSION if regressed else status
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,11 +265,15 @@ def load_budget(path: str | None) -> tuple[Assertion, ...]:
     from . import _budgets  # noqa: PLC0415
 
     try:
-        return tuple(_budgets.load(path))
+        assertions = tuple(_budgets.load(path))
     except _budgets.BudgetUnreadable as e:
         raise TracerdError(str(e), EXIT_NO_PROCESS) from None  # 66: EX_NOINPUT
     except _budgets.BudgetError as e:
         raise TracerdError(str(e), EXIT_DATAERR) from None
+    if not assertions:
+        # Asked for a budget and got none: checking nothing must not look like passing.
+        raise TracerdError(f"{path}: no [[assertion]] entries", EXIT_DATAERR)
+    return assertions
 
 
 def violation_line(v: Violation) -> str:

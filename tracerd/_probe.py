@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _btf
 from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
-from .model import HIST_BUCKETS, Drops, LifecycleEvent, SyscallStats
+from .model import HIST_BUCKETS, LIMIT_RULES, Drops, LifecycleEvent, SyscallStats
 
 _C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE = 0, 1, 2
 
@@ -49,13 +49,11 @@ class StatsVal(ct.Structure):
     ]
 
 
-LIMIT_RULES = 4  #: rules per in-kernel limit (LIMIT_RULES in syscount.h)
 _NR_MASK_WORDS = 8
-_TRACKED, _TRACKED_LIMITED = 1, 2
 
 
 class LimitRule(ct.Structure):
-    _fields_ = [("max", ct.c_uint64), ("count", ct.c_uint64),
+    _fields_ = [("max", ct.c_uint64), ("count", ct.c_uint64), ("tripped_ns", ct.c_uint64),
                 ("mask", ct.c_uint64 * _NR_MASK_WORDS)]
 
 
@@ -182,9 +180,11 @@ def _import_bcc() -> Any:
 
 @dataclass(frozen=True)
 class LimitState:
-    """What an in-kernel limit saw: calls entered per rule, when it tripped, signals sent."""
+    """What an in-kernel limit saw: per rule the calls entered (after tripping too) and
+    when it went over; when the limit first tripped, and the signals sent."""
 
     counts: tuple[int, ...]
+    rule_tripped_ns: tuple[int, ...]
     tripped_ns: int
     signals: int
 
@@ -293,9 +293,9 @@ class Probe:
         pids = self._bpf[b"pids"]
         cur = pids[ct.c_int(pid)]
         if cur.tracked:
-            return  # already counted (perhaps under a limit, which stays)
+            return  # already counted: leave the kernel's fields alone
         # Keeps the exec generation: counters already under it stay consistent.
-        pids[ct.c_int(pid)] = PidState(0, cur.gen, 0, _TRACKED)
+        pids[ct.c_int(pid)] = PidState(0, cur.gen, 0, 1)
 
     def untrack(self, pid: int) -> None:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
@@ -305,6 +305,7 @@ class Probe:
             # The generation is kept: counters under it may still be in the map, and a
             # later exec-rule match must start a generation none of them carries.
             pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 0)
+            self._bpf[b"limit_of"][ct.c_int(pid)] = ct.c_uint32(0)
 
     def is_tracked(self, pid: int) -> bool:
         return bool(self._bpf[b"pids"][ct.c_int(pid)].tracked)
@@ -325,7 +326,9 @@ class Probe:
 
     def read_limit(self, slot: int) -> LimitState:
         lim = self._bpf[b"limits"][ct.c_int(slot)]
-        return LimitState(counts=tuple(lim.rule[i].count for i in range(lim.nrules)),
+        rules = [lim.rule[i] for i in range(min(lim.nrules, LIMIT_RULES))]
+        return LimitState(counts=tuple(r.count for r in rules),
+                          rule_tripped_ns=tuple(r.tripped_ns for r in rules),
                           tripped_ns=lim.tripped_ns, signals=lim.signals)
 
     def clear_limit(self, slot: int) -> None:
@@ -335,23 +338,21 @@ class Probe:
         """Put a tracked process under limits[slot] (None: under none); False if it is
         not tracked. Its later forks inherit the slot in the kernel.
 
-        Read-modify-write of the pid's slot: a syscall entered in between keeps its
-        entry time (a stale one at worst times one call wrongly, never loses it).
+        Known race: a process that exits between the tracked check and the write keeps
+        a slot in limit_of; harmless, since task_newtask sets it again for whoever
+        reuses the pid.
         """
-        if not 0 < pid < self.limits.pid_max:
+        if not 0 < pid < self.limits.pid_max or not self.is_tracked(pid):
             return False
-        pids = self._bpf[b"pids"]
-        cur = pids[ct.c_int(pid)]
-        if not cur.tracked:
-            return False
-        cur.tracked = _TRACKED if slot is None else _TRACKED_LIMITED + slot
-        pids[ct.c_int(pid)] = cur
+        self._bpf[b"limit_of"][ct.c_int(pid)] = ct.c_uint32(0 if slot is None else slot + 1)
         return True
 
     def limit_slot(self, pid: int) -> int | None:
         """The limit a tracked process is under, if any."""
-        t = self._bpf[b"pids"][ct.c_int(pid)].tracked if 0 < pid < self.limits.pid_max else 0
-        return t - _TRACKED_LIMITED if t >= _TRACKED_LIMITED else None
+        if not 0 < pid < self.limits.pid_max or not self.is_tracked(pid):
+            return None
+        code = int(self._bpf[b"limit_of"][ct.c_int(pid)].value)
+        return code - 1 if code else None
 
     # -- exec rules --------------------------------------------------------------------
     def _rule_key(self, kind: str, value: str | int) -> tuple[Any, Any]:
@@ -368,7 +369,7 @@ class Probe:
         with ``slot``, under that in-kernel limit from its first call."""
         table, key = self._rule_key(kind, value)
         try:
-            table[key] = ct.c_uint32(_TRACKED if slot is None else _TRACKED_LIMITED + slot)
+            table[key] = ct.c_uint32(0 if slot is None else slot + 1)  # limit_of's encoding
         except Exception as e:  # BCC raises bare Exception when the map is full
             raise TracerdError(f"exec rule map '{kind}' is full ({e})") from None
 

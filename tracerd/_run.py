@@ -205,6 +205,7 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
     from ._sessions import (  # noqa: PLC0415 - the daemon's core, only needed here
         Caller,
         Hub,
+        HubLimits,
         RequestError,
         SessionOptions,
         SpawnedTarget,
@@ -215,9 +216,10 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
         if on_violation is not None:
             on_violation(v)
 
-    wants_rss = any(a.type == "memory_usage" and a.tracking_mode == "rss" for a in budget)
-    hub = Hub(probe, exit_source=_exit_listener if wants_rss else None,
-              on_violation=report_violation)
+    wants_rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
+                    for a in budget)
+    hub = Hub(probe, HubLimits(max_limits=probe.limits.max_limits),
+              exit_source=_exit_listener if wants_rss else None, on_violation=report_violation)
     local = Caller(name="local")
     opts = SessionOptions(duration_ms=round(duration * 1000) if duration else 0,
                           per_process=True, budget=tuple(budget))

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -379,7 +380,7 @@ def _sd_notify(state: str) -> None:
 
 FEATURES = ["raw_tracepoint:sys_enter", "raw_tracepoint:sys_exit", "tracepoint:task_newtask",
             "tracepoint:sched_process_exec", "tracepoint:sched_process_exit", "ringbuf",
-            "percpu_hash"]
+            "percpu_hash", "helper:bpf_send_signal"]
 
 
 def serve(config: DaemonConfig) -> int:
@@ -394,7 +395,8 @@ def serve(config: DaemonConfig) -> int:
     drain = None
     server = None
     try:
-        hub = Hub(probe, config.limits, exit_source=ExitListener)
+        limits = replace(config.limits, max_limits=probe.limits.max_limits)
+        hub = Hub(probe, limits, exit_source=ExitListener)
         features = FEATURES + (["btf:task_struct.exit_code"] if probe.exit_code_offset >= 0
                                else [])
         server = build_server(hub, config, features)

@@ -38,6 +38,7 @@ from .model import (
     EV_EXEC,
     EV_EXIT,
     EV_FORK,
+    LIMIT_RULES,
     Drops,
     ExitStatus,
     LifecycleEvent,
@@ -49,9 +50,6 @@ from .model import (
 #: Pid used in reports for the folded counts of exited processes of a session that does
 #: not keep per-process detail.
 FOLDED_PID = 0
-
-#: Rules per in-kernel limit (LIMIT_RULES in bpf/syscount.h).
-LIMIT_RULES = 4
 
 _log = logging.getLogger("tracerd.budget")
 
@@ -78,7 +76,9 @@ class ProbeLike(Protocol):
 
 class LimitStateLike(Protocol):
     @property
-    def tripped_ns(self) -> int: ...
+    def counts(self) -> tuple[int, ...]: ...
+    @property
+    def rule_tripped_ns(self) -> tuple[int, ...]: ...
 
 
 class ExitRecord(Protocol):
@@ -92,8 +92,6 @@ class ExitRecord(Protocol):
 
 class ExitSource(Protocol):
     """Where peak RSS of exited processes comes from (tracerd._taskstats.ExitListener)."""
-
-    lost: int
 
     def drain(self) -> Sequence[ExitRecord]: ...
     def close(self) -> None: ...
@@ -213,7 +211,8 @@ class _Budget:
     assertions: tuple[Assertion, ...]
     results: list[Result] = field(default_factory=list)
     slot: int | None = None  #: in-kernel limit slot
-    kernel: set[int] = field(default_factory=set)  #: assertions killed in the kernel
+    #: assertion index -> its rules in the slot: (rule index, max calls); killed in kernel
+    kernel: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     signalled: set[str] = field(default_factory=set)  #: assertions whose action was taken
     wants_rss: bool = False
 
@@ -413,7 +412,9 @@ def _filtered(stats: dict[int, SyscallStats],
 
 def _merge(old: ProcessInfo, new: ProcessInfo) -> ProcessInfo:
     """Two processes that had the same pid in one session (pid reuse), as one entry."""
-    return replace(new, start_ns=old.start_ns, syscalls=sum_stats([old.syscalls, new.syscalls]))
+    peaks = [p for p in (old.peak_rss_bytes, new.peak_rss_bytes) if p is not None]
+    return replace(new, start_ns=old.start_ns, syscalls=sum_stats([old.syscalls, new.syscalls]),
+                   peak_rss_bytes=max(peaks) if peaks else None)
 
 
 def sum_stats(parts: list[dict[int, SyscallStats]]) -> dict[int, SyscallStats]:
@@ -444,8 +445,11 @@ class Hub:
         self.on_violation = on_violation or _log_violation
         #: peak RSS by pid, for processes of sessions that measure it
         self._peaks: dict[int, int] = {}
-        #: free in-kernel limit slots, least recently used first (see _release_slot)
+        #: free in-kernel limit slots, least recently used first (see _end_budget)
         self._free_slots: deque[int] = deque(range(self.limits.max_limits))
+        self._slot_owner: dict[int, Session] = {}
+        #: exec rule -> the limit slot its kernel value hands out (the first session's)
+        self._rule_slot: dict[tuple[str, str | int], int | None] = {}
         self.lock = threading.RLock()
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.procs: dict[int, ProcessInfo] = {}  #: processes tracked for some session
@@ -556,7 +560,10 @@ class Hub:
                            start_ns=self.clock(), drops_base=self.probe.drops())
             try:
                 if options.budget:
+                    self._check_budget(target, options)
                     sess.budget = self._new_budget(options)
+                    if sess.budget.slot is not None:
+                        self._slot_owner[sess.budget.slot] = sess
                 if isinstance(target, PidTarget | SpawnedTarget):
                     self._start_pid(sess, caller, target)
                 elif isinstance(target, CgroupTarget):
@@ -609,11 +616,16 @@ class Hub:
                 continue
             if not wanted or len(rules) + len(wanted) > LIMIT_RULES:
                 continue
-            b.kernel.add(i)
+            b.kernel[i] = [(len(rules) + k, most) for k, (most, _) in enumerate(wanted)]
             rules += wanted
         if rules and self._free_slots:
-            b.slot = self._free_slots.popleft()
-            self.probe.set_limit(b.slot, rules, signal.SIGKILL)
+            slot = self._free_slots.popleft()
+            try:
+                self.probe.set_limit(slot, rules, signal.SIGKILL)
+            except Exception as e:
+                self._free_slots.appendleft(slot)
+                raise RequestError(ErrorKind.EXHAUSTED, f"in-kernel limit: {e}") from None
+            b.slot = slot
         else:
             b.kernel.clear()
         if b.wants_rss and self._exit_source is None and self._open_exit_source is not None:
@@ -622,8 +634,15 @@ class Hub:
             except Exception as e:  # peaks of exited processes are then polled ones only
                 _log.warning("taskstats unavailable, RSS of exited processes is the last "
                              "polled value: %s", e)
-                self._open_exit_source = None
         return b
+
+    def _check_budget(self, target: Target, options: SessionOptions) -> None:
+        if isinstance(target, ExecRuleTarget | CgroupTarget):
+            for i, a in enumerate(options.budget):
+                if a.type == "critical_path" and not a.trace_name_pattern:
+                    raise RequestError(ErrorKind.INVALID, f"options.budget: assertion[{i}] "
+                                       f"{a.name!r}: trace_name_pattern: required for exec-rule"
+                                       " and cgroup sessions (they have no root process)")
 
     def _limit_members(self, sess: Session, pids: Iterable[int]) -> None:
         """Put new members under the session's in-kernel limit. A process already under
@@ -636,6 +655,21 @@ class Hub:
             if self.probe.limit_slot(pid) is None:
                 self.probe.limit_process(pid, slot)
 
+    def _reslot(self, pid: int) -> None:
+        """A process keeps an in-kernel limit only while it is a member of the session
+        that owns it. The kernel hands a parent's limit to every child, so a fork
+        another session (or limbo) took, or a member dropped at a setuid exec, would
+        otherwise be killed by a budget that does not count it."""
+        cur = self.probe.limit_slot(pid)
+        if cur is None:
+            return
+        owner = self._slot_owner.get(cur)
+        if owner is not None and pid in owner.members:
+            return
+        mine = [s.budget.slot for s in self._running()
+                if pid in s.members and s.budget is not None and s.budget.slot is not None]
+        self.probe.limit_process(pid, mine[0] if mine else None)
+
     def _end_budget(self, sess: Session) -> None:
         b = sess.budget
         if b is None:
@@ -644,7 +678,14 @@ class Hub:
             for pid in [*self.procs, *self._limbo]:
                 if self.probe.limit_slot(pid) == b.slot:
                     self.probe.limit_process(pid, None)
+            # Exec rules still used by other sessions must not hand this slot out.
+            for rule, slot in list(self._rule_slot.items()):
+                if slot == b.slot:
+                    self._rule_slot[rule] = None
+                    if rule in self._rules:
+                        self.probe.add_rule(*rule, slot=None)
             self.probe.clear_limit(b.slot)
+            self._slot_owner.pop(b.slot, None)
             # Reused last: a fork still in flight when the slot was cleared may carry
             # it into a process the hub has not seen yet (known race, made rare).
             self._free_slots.append(b.slot)
@@ -667,14 +708,17 @@ class Hub:
         state = self.probe.read_limit(b.slot) if b.slot is not None else None
         for i, r in enumerate(results):
             if state is not None and i in b.kernel:
-                # Overshoot: calls the session counted beyond the budget, i.e. the calls
-                # in flight in each process when the limit tripped (the kernel's own
-                # rule counter stops at the first one over).
+                # From the kernel's own counter: the calls entered beyond the budget (the
+                # one in flight in each process when it tripped), and when it tripped.
+                rules = [k for k, _ in b.kernel[i] if k < len(state.counts)]
+                over = sum(max(0, state.counts[k] - most) for k, most in b.kernel[i]
+                           if k < len(state.counts))
+                tripped = [state.rule_tripped_ns[k] for k in rules if state.rule_tripped_ns[k]]
                 failed_at = r.first_failed_ns
-                if not r.passed and state.tripped_ns:
-                    failed_at = min(failed_at or state.tripped_ns, state.tripped_ns)
+                if not r.passed and tripped:
+                    failed_at = min([*tripped, failed_at or min(tripped)])
                 results[i] = replace(r, enforcement="kernel", first_failed_ns=failed_at,
-                                     overshoot=max(0, int(r.actual_value - r.expected_value)))
+                                     overshoot=over)
             elif r.action in ("signal", "kill"):
                 results[i] = replace(r, enforcement="user")
         new = newly_failed(b.results, results)
@@ -706,19 +750,22 @@ class Hub:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self._kill(pid, sig)
 
+    def _rss_pids(self) -> set[int]:
+        return {pid for s in self._running() if s.budget and s.budget.wants_rss
+                for pid in s.members}
+
     def _collect_exit_peaks(self) -> None:
         """Peak RSS of processes that exited, from taskstats (sent before the exit hook
         runs, so before the EV_EXIT record the same drain reads)."""
         if self._exit_source is None:
             return
+        wanted = self._rss_pids()
         for rec in self._exit_source.drain():
-            if rec.tgid in self.procs and rec.hiwater_rss_bytes:
+            if rec.tgid in wanted and rec.hiwater_rss_bytes:
                 self._peaks[rec.tgid] = max(self._peaks.get(rec.tgid, 0), rec.hiwater_rss_bytes)
 
     def _poll_peaks(self) -> None:
-        pids = {pid for s in self._running() if s.budget and s.budget.wants_rss
-                for pid in s.members}
-        for pid in pids:
+        for pid in self._rss_pids():
             hwm = _procfs.vm_hwm_bytes(pid)
             if hwm:
                 self._peaks[pid] = max(self._peaks.get(pid, 0), hwm)
@@ -819,6 +866,7 @@ class Hub:
                     # A rule shared with a later session keeps this one's slot (if any);
                     # the later one's kill then reaches its processes from user space.
                     self.probe.add_rule(*rule, slot=slot)
+                    self._rule_slot[rule] = slot
                 self._rules[rule] = self._rules.get(rule, 0) + 1
                 added.append(rule)
         except Exception as e:
@@ -832,6 +880,7 @@ class Hub:
             n = self._rules.get(rule, 0) - 1
             if n <= 0:
                 self._rules.pop(rule, None)
+                self._rule_slot.pop(rule, None)
                 self.probe.remove_rule(*rule)
             else:
                 self._rules[rule] = n
@@ -1046,6 +1095,7 @@ class Hub:
             # unless an exec rule matches it soon: then it waits in limbo (see _sweep).
             if self._rule_sessions_running():
                 self._limbo[child] = self.clock()
+                self._reslot(child)  # no session's member: no session's limit
             else:
                 self.probe.untrack(child)
             return
@@ -1062,7 +1112,10 @@ class Hub:
         for s in takers:
             # A new process: everything it ever counted belongs to these sessions.
             s.members[child] = _Member(info=replace(info), baseline={})
-            self._limit_members(s, [child])  # inherited in the kernel, unless from another
+        # The kernel gave it its parent's limit: kept if the owner took it, else swapped.
+        self._reslot(child)
+        for s in takers:
+            self._limit_members(s, [child])
 
     def _rule_takers(self, ev: LifecycleEvent) -> list[Session]:
         out = []
@@ -1117,6 +1170,7 @@ class Hub:
                 s.exited[pid] = replace(m.info, end_ns=ev.ts_ns,
                                         syscalls=self._member_stats(s, pid))
                 del s.members[pid]
+                self._reslot(pid)
                 continue
             m.info.comm, m.info.filename = info.comm, info.filename
             m.info.argv = list(info.argv)

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 #: log2 latency buckets kept per (process, syscall); must equal HIST_BUCKETS in bpf/syscount.h.
 HIST_BUCKETS = 32
 
+#: Count rules per in-kernel limit (one session's kill budgets); LIMIT_RULES in syscount.h.
+LIMIT_RULES = 4
+
 #: Version of the ``--json`` report schema; bump on any incompatible change.
 REPORT_SCHEMA = "tracerd.report/v1"
 

@@ -769,3 +769,10 @@ def test_live_failures_of_growing_measures_are_final() -> None:
     spans, rss = run(budget, build_series(steps))
     assert not spans.passed and spans.first_failed_ns == 100 * MS and spans.actual_value == 80.0
     assert not rss.passed and rss.first_failed_ns == 100 * MS and rss.pid == 2
+
+
+def test_signal_given_as_a_decimal_string_like_the_protobuf_field() -> None:
+    entry = {"name": "s", "type": "span_count", "max_spans": 1, "action": "signal"}
+    assert parse_entries([{**entry, "signal": "15"}], "options.budget")[0].signal == 15
+    rt = parse_entries([{**entry, "signal": "40"}], "options.budget")[0]
+    assert rt.signal == 40 and parse_entries([rt.to_dict()], "x")[0] == rt

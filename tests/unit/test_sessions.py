@@ -104,6 +104,7 @@ class FakeLimit:
     rules: list[tuple[int, frozenset[int]]]
     sig: int
     counts: list[int]
+    rule_tripped_ns: list[int]
     tripped_ns: int = 0
 
 
@@ -163,10 +164,11 @@ class FakeProbe:
         self.rule_slot[(kind, value)] = slot
 
     def set_limit(self, slot: int, rules: list[tuple[int, frozenset[int]]], sig: int) -> None:
-        self.limits[slot] = FakeLimit(rules=list(rules), sig=sig, counts=[0] * len(rules))
+        self.limits[slot] = FakeLimit(rules=list(rules), sig=sig, counts=[0] * len(rules),
+                                      rule_tripped_ns=[0] * len(rules))
 
     def read_limit(self, slot: int) -> FakeLimit:
-        return self.limits.get(slot) or FakeLimit(rules=[], sig=0, counts=[])
+        return self.limits.get(slot) or FakeLimit(rules=[], sig=0, counts=[], rule_tripped_ns=[])
 
     def clear_limit(self, slot: int) -> None:
         self.limits.pop(slot, None)
@@ -208,8 +210,9 @@ class FakeProbe:
                 for i, (most, nrs) in enumerate(lim.rules):
                     if nr in nrs:
                         lim.counts[i] += 1
-                        if lim.counts[i] > most and not lim.tripped_ns:
-                            lim.tripped_ns = self.clock()
+                        if lim.counts[i] > most and not lim.rule_tripped_ns[i]:
+                            lim.rule_tripped_ns[i] = self.clock()
+                            lim.tripped_ns = lim.tripped_ns or self.clock()
                 if lim.tripped_ns:
                     self.signalled.append((pid, lim.sig))
         s = self.stats.setdefault((pid, self.gen.get(pid, 0), nr), SyscallStats())
@@ -1639,7 +1642,7 @@ def test_kill_budget_gets_an_inherited_kernel_limit_released_at_the_end(k: FakeP
     hub.step(0)
     r = report(hub, sid).budget[0]
     assert (r.passed, r.enforcement, r.overshoot) == (False, "kernel", 2)
-    assert r.first_failed_ns == k.limits[0].tripped_ns  # the kernel's time, not the drain's
+    assert r.first_failed_ns == k.limits[0].rule_tripped_ns[0]  # the kernel's time
     # One slot only: a second kill budget is enforced from user space.
     other = k.spawn()
     sid2 = start(hub, PidTarget(other), budget=budget(text))
@@ -1692,3 +1695,68 @@ def test_start_refused_by_budget_leaves_no_limit(k: FakeProbe) -> None:
                     '[[assertion]]\nname = "c"\ntype = "span_count"\nmax_spans = 1\n'
                     'action = "kill"\n')))
     assert not k.limits and len(hub._free_slots) == 2
+
+
+_COUNT_BUDGET = (
+    '[[assertion]]\nname = "all"\ntype = "span_count"\nmax_spans = 40\n'
+    '[[assertion]]\nname = "reads"\ntype = "syscall_calls"\nmax_calls = 15\n'
+    'syscall_name_pattern = "^read$"\n'
+    '[[assertion]]\nname = "errs"\ntype = "error_ratio"\nmax_error_ratio = 0.3\n'
+    '[[assertion]]\nname = "god"\ntype = "anti_pattern"\npattern = "GodProcess"\n'
+    'threshold = 0.7\n')
+
+
+@settings(max_examples=60, deadline=None)
+@given(work=st.lists(st.tuples(st.booleans(), st.sampled_from([READ, WRITE]),
+                               st.integers(1, 6), st.booleans(), st.booleans()),
+                     min_size=1, max_size=25))
+def test_budget_verdicts_do_not_depend_on_drain_timing(
+        work: list[tuple[bool, int, int, bool, bool]]) -> None:
+    """The same calls, drained after every step or only at the end, give the same final
+    results (apart from when a failure was first seen)."""
+
+    def final(drain_often: bool) -> list[tuple[str, bool, float]]:
+        probe = FakeProbe(FakeClock())
+        with mock.patch.object(_sessions, "_procfs", FakeProcfs(probe)):
+            hub = Hub(probe, clock=probe.clock, kill=lambda _p, _s: None)
+            root = probe.spawn(4000)
+            sid = start(hub, PidTarget(root, children=True), budget=budget(_COUNT_BUDGET))
+            child = probe.fork(root, 4001)
+            for in_child, nr, n, failing, drain in work:
+                probe.call(child if in_child else root, nr, n, errors=n if failing else 0)
+                probe.clock.advance_ms(10)
+                if drain_often and drain:
+                    hub.step(0)
+            probe.exit(child)
+            probe.exit(root)
+            hub.step(0)
+            return [(r.name, r.passed, r.actual_value) for r in report(hub, sid).budget]
+
+    assert final(True) == final(False)
+
+
+def test_kernel_limit_stays_with_the_sessions_members_only(k: FakeProbe) -> None:
+    hub = Hub(k, clock=k.clock, kill=lambda _p, _s: None)
+    cap = budget('[[assertion]]\nname = "c"\ntype = "span_count"\nmax_spans = 9\n'
+                 'action = "kill"\n')
+    # An exec rule shared with a later session: when the limiting session ends, the
+    # rule no longer hands its (freed, reusable) slot to new processes.
+    first = start(hub, ExecRuleTarget(comm="job"), budget=cap)
+    start(hub, ExecRuleTarget(comm="job"))
+    assert k.rule_slot[("comm", "job")] == 0
+    hub.stop(ADMIN, first)
+    assert k.rule_slot[("comm", "job")] is None and ("comm", "job") in k.rules
+    p = k.spawn()
+    k.exec(p, "job")
+    assert k.limit_slot(p) is None
+
+    # A fork the limiting session does not take (here: a pid session without children)
+    # loses the limit the kernel copied from its parent.
+    root = k.spawn()
+    start(hub, PidTarget(root), budget=cap)
+    slot = k.limit_slot(root)
+    assert slot == 1  # the freed slot 0 is reused last
+    child = k.fork(root)
+    assert k.limit_slot(child) == slot
+    hub.step(0)
+    assert k.limit_slot(child) is None and k.limit_slot(root) == slot
