@@ -6,6 +6,7 @@ kernel and user-space timestamps can be compared directly.
 
 from __future__ import annotations
 
+import enum
 import os
 import signal as _signal
 from dataclasses import dataclass, field
@@ -159,6 +160,52 @@ class LifecycleEvent:
     cgroup_id: int = 0  #: cgroup v2 id of the current task
     rule_matched: bool = False  #: EV_EXEC: an exec rule matched (and started tracking)
     gen: int = 0  #: EV_EXEC: the exec generation its counters are kept under from here on
+
+
+class ArgKind(enum.IntEnum):
+    """What the kernel read from a syscall argument's user memory (enum arg_kind in syscount.h)."""
+
+    PATH = 1  #: a NUL-terminated string (file names: open/stat/exec families)
+    BUFFER = 2  #: the first bytes of a data buffer (write family at entry, read family at exit)
+    SOCKADDR = 3  #: a struct sockaddr (connect/bind at entry, accept/recvfrom at exit)
+
+
+@dataclass(frozen=True)
+class ArgData:
+    """Bytes read in the kernel from the user memory one argument points to."""
+
+    index: int  #: argument position, 0..5
+    kind: ArgKind
+    value: bytes  #: PATH: without its NUL; BUFFER: at most the bytes the call moved
+    truncated: bool = False  #: the argument holds more than the kernel copied
+
+
+@dataclass(frozen=True)
+class SyscallEvent:
+    """One syscall of a process in an events session, as the kernel recorded it.
+
+    Timestamps are ``bpf_ktime_get_ns()``: CLOCK_MONOTONIC, the clock a debugger reads with
+    ``clock_gettime(CLOCK_MONOTONIC)``, so the two timelines merge without conversion.
+    """
+
+    start_ns: int  #: at sys_enter
+    end_ns: int  #: at sys_exit; equal to start_ns when the call did not return
+    pid: int  #: thread group id
+    tid: int  #: thread id
+    nr: int  #: syscall number on the traced process's architecture
+    ret: int | None  #: signed return value; None: the call never returned (exit_group)
+    args: tuple[int, ...]  #: the six argument registers, unsigned 64-bit
+    data: tuple[ArgData, ...] = ()  #: arguments decoded in kernel, by ascending index
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    def arg_data(self, index: int) -> ArgData | None:
+        for d in self.data:
+            if d.index == index:
+                return d
+        return None
 
 
 @dataclass
