@@ -3,48 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import resource
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING
 
-from . import __version__, _cli_daemon, golden, syscalls
+from . import __version__, _cli_daemon, _cli_golden, syscalls
 from ._aggregate import filter_report
 from ._errors import (
     EXIT_BUDGET_FAILED,
-    EXIT_CANTCREAT,
-    EXIT_NO_PROCESS,
     EXIT_USAGE,
-    BadInput,
     TracerdError,
 )
+from .golden import EXIT_REGRESSION
 
 if TYPE_CHECKING:
     from ._sessions import Violation
-    from .model import Report
 
 _RUN_EPILOG = """\
 exit status: CMD's own (128+N if killed by signal N); tracerd's own errors:
-  2 usage, 66 no such process (-p), 69 BPF unusable, 72 kernel headers missing,
+  2 usage, 67 no such process (-p), 69 BPF unusable, 72 kernel headers missing,
   73 output file, 77 not privileged, 78 BCC missing, 126 CMD not executable,
   127 CMD not found.
 with --against FILE: 3 when the run regressed against the golden file (65: the file is
   corrupt, 66: it cannot be read); otherwise CMD's status.
 with --budget FILE: 5 when an assertion that fails the session failed (65: the file is
   malformed, 66: it cannot be read); it takes precedence over 3 and CMD's status.
-"""
-
-_GOLDEN_EPILOG = f"""\
-CMD defaults to the command recorded in FILE (compare, update).
---tolerance NAME=SPEC: NAME is a syscall (SPEC: exact, ignore, N = +-N calls outside the
-  golden [min, max], N% = +-N% of max), or duration=RATIO, duration_slack_ms=MS, rss=RATIO,
-  counts=PCT, counts_min_abs=N (the margin for counts that varied during capture).
-exit status: compare: 0 pass, {golden.EXIT_REGRESSION} regression; all: 65 corrupt golden file,
-  66 golden file unreadable, 73 golden file not writable, 1 a run dropped events (capture),
-  and tracerd run's own errors (69, 72, 77, 78, 126, 127).
 """
 
 
@@ -100,43 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="CMD [ARGS...]")
     run.set_defaults(func=_cmd_run)
     _cli_daemon.add_client_options(run, optional=True)
-    _add_golden(sub)
+    _cli_golden.add_golden(sub, _positive_int)
     _cli_daemon.add_serve(sub)
     _cli_daemon.add_sessions(sub)
     return parser
-
-
-def _add_golden(sub: Any) -> None:
-    gold = sub.add_parser("golden", help="capture, compare and update golden traces")
-    gsub = gold.add_subparsers(dest="golden_cmd", required=True)
-
-    def common(name: str, help_: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = gsub.add_parser(
-            name, help=help_, usage=f"tracerd golden {name} FILE [options] [-- CMD [ARGS...]]",
-            epilog=_GOLDEN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("file", metavar="FILE", help="the golden file (tracerd.golden/v1 JSON)")
-        p.add_argument("--tolerance", action="append", default=[], metavar="NAME=SPEC",
-                       help="override a tolerance (repeatable); see below")
-        # The command comes after "--"; main() splits it off before argparse sees it.
-        p.set_defaults(command=[])
-        return p
-
-    cap = common("capture", "run CMD N times and write a golden file")
-    cap.add_argument("--runs", type=_positive_int, default=5, help="runs to capture (default 5)")
-    cap.set_defaults(func=_cmd_golden_capture)
-
-    cmp = common("compare", "run CMD once and compare it with a golden file")
-    cmp.add_argument("--json", action="store_true",
-                     help=f"write the machine-readable verdict ({golden.VERDICT_SCHEMA})")
-    cmp.add_argument("--all", action="store_true", help="list every row, not just changes")
-    cmp.add_argument("-o", "--output", metavar="FILE",
-                     help="write the table or verdict to FILE instead of stderr")
-    cmp.set_defaults(func=_cmd_golden_compare)
-
-    upd = common("update", "recapture CMD, show the diff against FILE, then rewrite FILE")
-    upd.add_argument("--runs", type=_positive_int, default=5, help="runs to capture (default 5)")
-    upd.add_argument("--all", action="store_true", help="list every row, not just changes")
-    upd.set_defaults(func=_cmd_golden_update)
 
 
 def _syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
@@ -147,20 +96,6 @@ def _syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
         return syscalls.resolve(cleaned, arch)
     except ValueError as e:
         raise TracerdError(str(e), EXIT_USAGE) from None
-
-
-@contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    """stderr, or FILE opened now (so a bad path fails before any tracing) and closed after."""
-    if path is None:
-        yield sys.stderr
-        return
-    try:
-        f = open(path, "w")  # noqa: SIM115 - closed below, after the caller's writes
-    except OSError as e:
-        raise TracerdError(f"cannot write {path}: {e.strerror}", EXIT_CANTCREAT) from None
-    with f:
-        yield f
 
 
 def _say_violation(v: Violation) -> None:
@@ -189,23 +124,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            "--duration", EXIT_USAGE)
     if args.budget and args.pid is not None:
         raise TracerdError("--budget needs a command to run, not -p", EXIT_USAGE)
-    baseline = _load_golden(args.against) if args.against else None
+    baseline = _cli_golden.load(args.against) if args.against else None
     budget = _cli_daemon.load_budget(args.budget)
     if command:
         resolve_command(command[0])  # fail before spending time loading BPF
     arch = syscalls.current_arch()
     keep = _syscall_filter(args.syscalls, arch)
-    table = syscalls.table_for(arch)
     if args.remote is not None and (args.pid is not None or args.max_stats):
         raise TracerdError("--remote runs a command through the daemon: it cannot be "
                            "combined with -p or --max-stats", EXIT_USAGE)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
-    floor: int | None = None
-    with _output(args.output) as out:
+    with _cli_golden.output(args.output) as out:
         if args.remote is not None:
-            if wants_golden:
-                floor = _rss_floor_kib()
-            report, status, why, running = _cli_daemon.run_remote(args, command, budget)
+            report, status, why, running = _cli_daemon.run_remote(
+                args, command, budget, peak_rss=wants_golden)
             outcome = Outcome(report=report, status=status, interrupted=why, running_pid=running)
         else:
             with Probe(Limits.for_this_kernel(**overrides)) as probe:
@@ -213,10 +145,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     outcome = attach(probe, args.pid, duration=args.duration,
                                      on_attached=_say_attached)
                 else:
-                    if wants_golden:
-                        floor = _rss_floor_kib()
                     outcome = run_command(probe, command, duration=args.duration,
-                                          budget=budget, on_violation=_say_violation)
+                                          budget=budget, peak_rss=wants_golden,
+                                          on_violation=_say_violation)
         report = filter_report(outcome.report, keep)
         _cli_daemon.print_report(report, args, out)
     # Only once the summary is complete on disk: a script waiting for this line may
@@ -227,173 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     budget_failed = bool(budget) and outcome.report.budget_failed()
     if not wants_golden:
         return EXIT_BUDGET_FAILED if budget_failed else status
-    rss = _children_maxrss_kib()
-    regressed = False
-    if baseline is not None:
-        result = golden.compare(baseline, outcome.report, table.name, peak_rss_kib=rss,
-                                rss_floor_kib=floor, command=command)
-        sys.stderr.write(golden.render_diff(result, title=f"tracerd: against {args.against}:"))
-        regressed = result.failed
-    if args.save_golden:
-        _write_golden(args.save_golden, _capture([outcome.report], command, [rss], floor,
-                                                 golden.DEFAULT_TOLERANCES))
-        print(f"tracerd: golden written to {args.save_golden} (1 run)", file=sys.stderr)
+    regressed = _cli_golden.after_run(args, outcome.report, command, baseline)
     if budget_failed:
         return EXIT_BUDGET_FAILED
-    return golden.EXIT_REGRESSION if regressed else status
-
-
-# --------------------------------------------------------------------------------------------
-# Golden traces
-# --------------------------------------------------------------------------------------------
-
-
-def _children_maxrss_kib() -> int:
-    """Largest peak RSS among the processes tracerd has waited for, and their waited-for
-    descendants (Linux ru_maxrss, KiB): a high-water mark that never decreases."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-
-
-def _rss_floor_kib() -> int:
-    """What ru_maxrss reports for a command that uses no memory at all.
-
-    The kernel folds the peak of the pre-exec image into the exec'ing process's maxrss,
-    and run_command's child is a fork of tracerd: a child that exits at once measures it.
-    """
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    _, _, usage = os.wait4(pid, 0)
-    return usage.ru_maxrss
-
-
-def _load_golden(path: str) -> dict[str, Any]:
-    try:
-        return golden.load_golden(path)
-    except golden.GoldenUnreadable as e:
-        raise TracerdError(str(e), EXIT_NO_PROCESS) from None  # 66: EX_NOINPUT
-    except golden.GoldenError as e:
-        raise BadInput(str(e)) from None
-
-
-def _write_golden(path: str, data: dict[str, Any]) -> None:
-    # Written beside the target and renamed: an interrupted write never leaves a
-    # truncated baseline behind.
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(golden.dumps_golden(data))
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise TracerdError(f"cannot write {path}: {e.strerror}", EXIT_CANTCREAT) from None
-
-
-def _tolerances(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    try:
-        return golden.apply_tolerance_overrides(base, overrides)
-    except ValueError as e:
-        raise TracerdError(str(e), EXIT_USAGE) from None
-
-
-def _capture(reports: list[Report], command: list[str], rss: list[int | None],
-             floor: int | None, tolerances: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return golden.capture_from_reports(reports, command, syscalls.table_for().name,
-                                           peak_rss_kib=rss, rss_floor_kib=floor,
-                                           tolerances=tolerances)
-    except ValueError as e:
-        raise TracerdError(f"cannot capture a golden trace: {e}") from None
-
-
-def _traced_runs(command: list[str], runs: int) -> tuple[list[Report], list[int | None], int]:
-    """Run ``command`` ``runs`` times under one loaded probe: reports, peak RSS, RSS floor."""
-    from ._probe import Limits, Probe  # noqa: PLC0415
-    from ._run import run_command  # noqa: PLC0415
-
-    reports: list[Report] = []
-    rss: list[int | None] = []
-    with Probe(Limits.for_this_kernel()) as probe:
-        floor = _rss_floor_kib()
-        for i in range(runs):
-            outcome = run_command(probe, command)
-            rss.append(_children_maxrss_kib())
-            reports.append(outcome.report)
-            took = golden.tree_duration_ns(outcome.report) or 0
-            print(f"tracerd: run {i + 1}/{runs}: status {outcome.status}, "
-                  f"{took / 1e6:.1f} ms", file=sys.stderr)
-    return reports, rss, floor
-
-
-def _golden_command(args: argparse.Namespace, recorded: dict[str, Any] | None) -> list[str]:
-    from ._run import resolve_command  # noqa: PLC0415
-
-    command: list[str] = list(args.command) or (list(recorded["command"]) if recorded else [])
-    if not command:
-        raise TracerdError("nothing to run: give -- CMD [ARGS...]", EXIT_USAGE)
-    resolve_command(command[0])  # fail before loading BPF
-    return command
-
-
-def _cmd_golden_capture(args: argparse.Namespace) -> int:
-    command = _golden_command(args, None)
-    tolerances = _tolerances(golden.DEFAULT_TOLERANCES, args.tolerance)
-    reports, rss, floor = _traced_runs(command, args.runs)
-    _write_golden(args.file, _capture(reports, command, rss, floor, tolerances))
-    print(f"tracerd: golden written to {args.file} ({args.runs} runs)", file=sys.stderr)
-    return 0
-
-
-def _cmd_golden_compare(args: argparse.Namespace) -> int:
-    from ._probe import Limits, Probe  # noqa: PLC0415
-    from ._run import run_command  # noqa: PLC0415
-
-    baseline = _load_golden(args.file)
-    command = _golden_command(args, baseline)
-    baseline["tolerances"] = _tolerances(baseline["tolerances"], args.tolerance)
-    with _output(args.output) as out:
-        with Probe(Limits.for_this_kernel()) as probe:
-            floor = _rss_floor_kib()
-            outcome = run_command(probe, command)
-        result = golden.compare(baseline, outcome.report, syscalls.table_for().name,
-                                peak_rss_kib=_children_maxrss_kib(), rss_floor_kib=floor,
-                                command=command)
-        if args.json:
-            out.write(json.dumps(golden.verdict_to_dict(result, args.file), indent=2,
-                                 sort_keys=True) + "\n")
-        else:
-            out.write(golden.render_diff(result, all_rows=args.all,
-                                         title=f"tracerd: {' '.join(command)} against "
-                                               f"{args.file}:"))
-    return golden.EXIT_REGRESSION if result.failed else 0
-
-
-def _cmd_golden_update(args: argparse.Namespace) -> int:
-    old: dict[str, Any] | None = None
-    try:
-        old = golden.load_golden(args.file)
-    except golden.GoldenUnreadable as e:
-        if os.path.exists(args.file):
-            raise TracerdError(str(e), EXIT_NO_PROCESS) from None
-        print(f"tracerd: {args.file} does not exist yet: writing a first baseline",
-              file=sys.stderr)
-    except golden.GoldenError as e:
-        # The point of update is to replace the file; its old content stays in git.
-        print(f"tracerd: old baseline unusable, replacing it: {e}", file=sys.stderr)
-    command = _golden_command(args, old)
-    # The reviewer's tolerances (and per-syscall overrides) survive a recapture.
-    base = old["tolerances"] if old is not None else golden.DEFAULT_TOLERANCES
-    tolerances = _tolerances(base, args.tolerance)
-    reports, rss, floor = _traced_runs(command, args.runs)
-    new = _capture(reports, command, rss, floor, tolerances)
-    if old is not None:
-        sys.stderr.write(golden.render_diff(
-            golden.compare_goldens(old, new), all_rows=args.all,
-            title=f"tracerd: {args.file}: new medians against the old baseline:"))
-    _write_golden(args.file, new)
-    print(f"tracerd: updated {args.file} ({args.runs} runs)", file=sys.stderr)
-    return 0
+    return EXIT_REGRESSION if regressed else status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ from ._config import DEFAULT_SOCKET, DaemonConfig, load_config, read_token_file
 from ._errors import (
     EXIT_BUDGET_FAILED,
     EXIT_DATAERR,
-    EXIT_NO_PROCESS,
     EXIT_USAGE,
     TracerdError,
+    Unreadable,
 )
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ _SESSIONS_EPILOG = """\
 ADDR: a Unix socket path (default $TRACERD_ADDR, else /run/tracerd/tracerd.sock) or
   HOST:PORT (TLS; --insecure for a plaintext loopback daemon). The token comes from
   --token-file or $TRACERD_TOKEN.
-exit status: 0 ok; 65 invalid request, 66 no such session or process, 75 daemon
+exit status: 0 ok; 65 invalid request, 67 no such session or process, 75 daemon
   unreachable or full (retry later), 77 not authenticated or not permitted, 70 daemon error;
   report/watch with --fail-interrupted: 4 when the session was interrupted;
   report/watch: 5 when the session's budget failed (start --budget: 65 bad budget file,
@@ -152,6 +152,8 @@ def add_sessions(sub: Any) -> None:
     start.add_argument("--label", default="", help="free-form label")
     start.add_argument("--budget", metavar="FILE",
                        help="renacer.toml-style [[assertion]]s the daemon evaluates (README)")
+    start.add_argument("--peak-rss", action="store_true",
+                       help="measure each process's peak RSS (for golden traces of the session)")
 
     stop = cmd("stop", "stop a session (its report stays available)", _cmd_stop)
     del stop
@@ -225,7 +227,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         raise TracerdError("--duration: must be > 0", EXIT_USAGE)
     opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
                           syscall_spec=tuple(args.syscalls), per_process=args.per_process,
-                          label=args.label, budget=load_budget(args.budget))
+                          label=args.label, budget=load_budget(args.budget),
+                          peak_rss=args.peak_rss)
     with connect(args) as client:
         s = client.start(target, opts)
     if args.json:
@@ -267,7 +270,7 @@ def load_budget(path: str | None) -> tuple[Assertion, ...]:
     try:
         assertions = tuple(_budgets.load(path))
     except _budgets.BudgetUnreadable as e:
-        raise TracerdError(str(e), EXIT_NO_PROCESS) from None  # 66: EX_NOINPUT
+        raise Unreadable(str(e)) from None
     except _budgets.BudgetError as e:
         raise TracerdError(str(e), EXIT_DATAERR) from None
     if not assertions:
@@ -378,8 +381,8 @@ def _stats_json(stats: dict[int, SyscallStats], name_of: Callable[[int], str]) -
 # ---------------------------------------------------------------------- run --remote
 
 
-def run_remote(args: argparse.Namespace, command: list[str],
-               budget: tuple[Assertion, ...] = ()) -> tuple[Report, int, str | None, int | None]:
+def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Assertion, ...] = (),
+               *, peak_rss: bool = False) -> tuple[Report, int, str | None, int | None]:
     """``tracerd run --remote``: the daemon traces CMD, spawned here exactly as ``run`` does.
 
     Returns (report, CMD's status if it exited, interrupted reason, pid still running).
@@ -389,8 +392,9 @@ def run_remote(args: argparse.Namespace, command: list[str],
     from .client import Final  # noqa: PLC0415
     from .model import ExitStatus  # noqa: PLC0415
 
-    opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
-                          syscall_spec=tuple(args.syscalls), per_process=True, budget=budget)
+    opts = SessionOptions(duration_ms=int((getattr(args, "duration", None) or 0) * 1000),
+                          syscall_spec=tuple(getattr(args, "syscalls", ())), per_process=True,
+                          budget=budget, peak_rss=peak_rss)
     clients: list[Client] = []
     sid: list[str] = []
 

@@ -239,13 +239,13 @@ def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOpt
             raise RequestError(ErrorKind.INVALID, f"options.syscalls: {e}") from None
     return SessionOptions(duration_ms=m.duration_ms, syscalls=keep, syscall_spec=spec,
                           per_process=m.per_process, label=m.label,
-                          budget=budget_from_pb(m.budget))
+                          budget=budget_from_pb(m.budget), peak_rss=m.peak_rss)
 
 
 def options_to_pb(o: SessionOptions) -> pb.SessionOptions:
     return pb.SessionOptions(duration_ms=o.duration_ms, syscalls=list(o.syscall_spec),
                              per_process=o.per_process, label=o.label,
-                             budget=budget_to_pb(o.budget))
+                             budget=budget_to_pb(o.budget), peak_rss=o.peak_rss)
 
 
 def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
@@ -259,7 +259,8 @@ def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
     spec = tuple(m.options.syscalls)
     opts = SessionOptions(duration_ms=m.options.duration_ms, syscall_spec=spec,
                           per_process=m.options.per_process, label=m.options.label,
-                          budget=budget_from_pb(m.options.budget))
+                          budget=budget_from_pb(m.options.budget),
+                          peak_rss=m.options.peak_rss)
     return SessionSummary(id=m.session_id, state=_STATE_FROM_PB.get(m.state, State.RUNNING),
                           target=target_from_pb(m.target), options=opts, owner=m.owner,
                           start_ns=m.start_ns, end_ns=m.end_ns, end_reason=m.end_reason,

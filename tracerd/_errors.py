@@ -9,7 +9,8 @@ from __future__ import annotations
 EXIT_USAGE = 2  #: bad command line (argparse's own status)
 EXIT_BUDGET_FAILED = 5  #: an assertion of the budget that fails the session failed
 EXIT_DATAERR = 65  #: bad input data, e.g. an unknown syscall name in -e
-EXIT_NO_PROCESS = 66  #: -p names a process that does not exist
+EXIT_NOINPUT = 66  #: an input file (golden, budget, function timeline) cannot be read
+EXIT_NO_TARGET = 67  #: -p names no process, or a session id names no session
 EXIT_BPF_UNUSABLE = 69  #: the kernel refused to load or attach the BPF programs
 EXIT_NO_HEADERS = 72  #: no kernel headers for BCC to compile against
 EXIT_CANTCREAT = 73  #: the -o output file cannot be created
@@ -47,7 +48,11 @@ class BpfUnusable(TracerdError):
 
 
 class NoSuchProcess(TracerdError):
-    exit_status = EXIT_NO_PROCESS
+    exit_status = EXIT_NO_TARGET
+
+
+class Unreadable(TracerdError):
+    exit_status = EXIT_NOINPUT
 
 
 class BadInput(TracerdError):

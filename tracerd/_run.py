@@ -195,7 +195,7 @@ def terminal_signals() -> Iterator[Callable[[int], None]]:
 
 
 def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
-                budget: Sequence[Assertion] = (),
+                budget: Sequence[Assertion] = (), peak_rss: bool = False,
                 on_violation: Callable[[Violation], None] | None = None) -> Outcome:
     """Trace CMD and every descendant until all have exited (or ``duration``).
 
@@ -216,13 +216,12 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
         if on_violation is not None:
             on_violation(v)
 
-    wants_rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
-                    for a in budget)
+    # The hub opens the taskstats listener only while a session measures peak RSS.
     hub = Hub(probe, HubLimits(max_limits=probe.limits.max_limits),
-              exit_source=_exit_listener if wants_rss else None, on_violation=report_violation)
+              exit_source=_exit_listener, on_violation=report_violation)
     local = Caller(name="local")
     opts = SessionOptions(duration_ms=round(duration * 1000) if duration else 0,
-                          per_process=True, budget=tuple(budget))
+                          per_process=True, budget=tuple(budget), peak_rss=peak_rss)
     sid: list[str] = []
 
     def register(pid: int, _path: str) -> None:
@@ -261,7 +260,7 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
 
 
 def _exit_listener() -> ExitListener:
-    from ._taskstats import ExitListener  # noqa: PLC0415 - netlink, only for RSS budgets
+    from ._taskstats import ExitListener  # noqa: PLC0415 - netlink, only to measure RSS
 
     return ExitListener()
 

@@ -51,6 +51,9 @@ from .model import (
 #: not keep per-process detail.
 FOLDED_PID = 0
 
+#: Longest wait, per drain, for the taskstats record of a process that just exited.
+EXIT_RECORD_WAIT_S = 0.05
+
 _log = logging.getLogger("tracerd.budget")
 
 
@@ -93,7 +96,7 @@ class ExitRecord(Protocol):
 class ExitSource(Protocol):
     """Where peak RSS of exited processes comes from (tracerd._taskstats.ExitListener)."""
 
-    def drain(self) -> Sequence[ExitRecord]: ...
+    def drain(self, wait_s: float = 0.0) -> Sequence[ExitRecord]: ...
     def close(self) -> None: ...
 
 
@@ -151,6 +154,8 @@ class SessionOptions:
     per_process: bool = False
     label: str = ""
     budget: tuple[Assertion, ...] = ()  #: evaluated on every drain and at the end
+    #: measure each process's peak RSS (VmHWM while alive, taskstats at exit)
+    peak_rss: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,6 @@ class _Budget:
     #: assertion index -> its rules in the slot: (rule index, max calls); killed in kernel
     kernel: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     signalled: set[str] = field(default_factory=set)  #: assertions whose action was taken
-    wants_rss: bool = False
 
 
 @dataclass
@@ -555,7 +559,10 @@ class Hub:
                 sid = secrets.token_hex(6)
             if options.budget:
                 # Budgets judge processes one by one (GodProcess, RSS, critical paths).
-                options = replace(options, per_process=True)
+                rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
+                          for a in options.budget)
+                options = replace(options, per_process=True,
+                                  peak_rss=options.peak_rss or rss)
             sess = Session(id=sid, target=target, options=options, owner=caller,
                            start_ns=self.clock(), drops_base=self.probe.drops())
             try:
@@ -564,6 +571,8 @@ class Hub:
                     sess.budget = self._new_budget(options)
                     if sess.budget.slot is not None:
                         self._slot_owner[sess.budget.slot] = sess
+                if options.peak_rss:
+                    self._open_exits()
                 if isinstance(target, PidTarget | SpawnedTarget):
                     self._start_pid(sess, caller, target)
                 elif isinstance(target, CgroupTarget):
@@ -575,6 +584,7 @@ class Hub:
                 # so a refused request never leaves a tracked pid or a rule behind.
                 self._drop_rules(sess)
                 self._end_budget(sess)
+                self._close_exits(sess)
                 self._release_unwanted()
                 raise
             self.sessions[sid] = sess
@@ -599,8 +609,6 @@ class Hub:
         """
         assertions = options.budget
         b = _Budget(evaluator=Evaluator(assertions, self.syscall_name), assertions=assertions)
-        b.wants_rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
-                          for a in assertions)
         rules: list[tuple[int, frozenset[int]]] = []
         for i, a in enumerate(assertions):
             if not (a.enabled and a.action == "kill"):
@@ -628,12 +636,6 @@ class Hub:
             b.slot = slot
         else:
             b.kernel.clear()
-        if b.wants_rss and self._exit_source is None and self._open_exit_source is not None:
-            try:
-                self._exit_source = self._open_exit_source()
-            except Exception as e:  # peaks of exited processes are then polled ones only
-                _log.warning("taskstats unavailable, RSS of exited processes is the last "
-                             "polled value: %s", e)
         return b
 
     def _check_budget(self, target: Target, options: SessionOptions) -> None:
@@ -690,10 +692,6 @@ class Hub:
             # it into a process the hub has not seen yet (known race, made rare).
             self._free_slots.append(b.slot)
             b.slot = None
-        if self._exit_source is not None and not any(
-                s.budget and s.budget.wants_rss for s in self._running() if s is not sess):
-            self._exit_source.close()
-            self._exit_source = None
 
     def _evaluate(self, sess: Session, procs: dict[int, ProcessInfo], now: int, *,
                   final: bool = False) -> list[Result]:
@@ -750,19 +748,48 @@ class Hub:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self._kill(pid, sig)
 
-    def _rss_pids(self) -> set[int]:
-        return {pid for s in self._running() if s.budget and s.budget.wants_rss
-                for pid in s.members}
+    def _open_exits(self) -> None:
+        """Listen to taskstats exit records while some session measures peak RSS."""
+        if self._exit_source is None and self._open_exit_source is not None:
+            try:
+                self._exit_source = self._open_exit_source()
+            except Exception as e:  # peaks of exited processes are then polled ones only
+                _log.warning("taskstats unavailable, RSS of exited processes is the last "
+                             "polled value: %s", e)
 
-    def _collect_exit_peaks(self) -> None:
-        """Peak RSS of processes that exited, from taskstats (sent before the exit hook
-        runs, so before the EV_EXIT record the same drain reads)."""
+    def _close_exits(self, sess: Session) -> None:
+        if self._exit_source is not None and not any(
+                s.options.peak_rss for s in self._running() if s is not sess):
+            self._exit_source.close()
+            self._exit_source = None
+
+    def _rss_pids(self) -> set[int]:
+        return {pid for s in self._running() if s.options.peak_rss for pid in s.members}
+
+    def _collect_exit_peaks(self, exiting: Sequence[int]) -> None:
+        """Peak RSS of processes that exited, from taskstats.
+
+        The kernel sends a task's record from do_exit close to the tracepoint that
+        produces EV_EXIT, but on another CPU the record can reach the socket a little after
+        the ring buffer record was read: for each exit of this drain whose record is not in
+        yet, wait up to EXIT_RECORD_WAIT_S (under the lock: exits of RSS sessions only).
+        """
         if self._exit_source is None:
             return
         wanted = self._rss_pids()
-        for rec in self._exit_source.drain():
-            if rec.tgid in wanted and rec.hiwater_rss_bytes:
-                self._peaks[rec.tgid] = max(self._peaks.get(rec.tgid, 0), rec.hiwater_rss_bytes)
+        waiting = {pid for pid in exiting if pid in wanted}
+        deadline = time.monotonic() + EXIT_RECORD_WAIT_S
+        records = self._exit_source.drain()
+        while True:
+            for rec in records:
+                waiting.discard(rec.tgid)
+                if rec.tgid in wanted and rec.hiwater_rss_bytes:
+                    self._peaks[rec.tgid] = max(self._peaks.get(rec.tgid, 0),
+                                                rec.hiwater_rss_bytes)
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            records = self._exit_source.drain(wait_s=left)
 
     def _poll_peaks(self) -> None:
         for pid in self._rss_pids():
@@ -942,6 +969,7 @@ class Hub:
         sess.members.clear()
         self._drop_rules(sess)
         self._end_budget(sess)
+        self._close_exits(sess)
         self._release_unwanted()
         summary = self.summary(sess)
         for w in sess.watchers:
@@ -1046,16 +1074,7 @@ class Hub:
         with self.lock:
             if self.closed:
                 return
-            self._collect_exit_peaks()
-            exits = [ev.pid for ev in events
-                     if ev.type == EV_EXIT and (ev.pid in self.procs or ev.pid in self._limbo)]
-            if exits:  # one pass over the map for every exit of the batch
-                self._exit_stash = _by_pid(self.probe.delete_stats_by_gen(exits))
-                for pid in exits:
-                    self._exit_stash.setdefault(pid, {})
-            for ev in events:
-                self._on_event(ev)
-            self._exit_stash = {}
+            self._on_events(events)
             self._refresh()
             now = self.clock()
             self._sweep(now)
@@ -1068,6 +1087,18 @@ class Hub:
                 if sess.state == State.RUNNING and limit_ns and now - sess.start_ns >= limit_ns:
                     self._finish(sess, State.INTERRUPTED, "duration limit reached")
             self._publish(now)
+
+    def _on_events(self, events: Sequence[LifecycleEvent]) -> None:
+        exits = [ev.pid for ev in events
+                 if ev.type == EV_EXIT and (ev.pid in self.procs or ev.pid in self._limbo)]
+        self._collect_exit_peaks(exits)
+        if exits:  # one pass over the map for every exit of the batch
+            self._exit_stash = _by_pid(self.probe.delete_stats_by_gen(exits))
+            for pid in exits:
+                self._exit_stash.setdefault(pid, {})
+        for ev in events:
+            self._on_event(ev)
+        self._exit_stash = {}
 
     def _on_event(self, ev: LifecycleEvent) -> None:
         if ev.type == EV_FORK:
@@ -1255,8 +1286,7 @@ class Hub:
             # exit record before clearing its flag, so the records read *after* seeing a
             # flag cleared include both, unless they were lost. A process that forked and
             # exited since the last poll is thus adopted here, not mistaken for a stray.
-            for ev in self.probe.poll_events(0):
-                self._on_event(ev)
+            self._on_events(self.probe.poll_events(0))
         for pid in cleared:
             st = _procfs.stat(pid)
             if pid in self.procs and (st is None or st[0] in ("Z", "X")):

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -328,11 +329,14 @@ class ExitListener:
             raise ValueError("ExitListener is closed")
         return self._sock.fileno()
 
-    def drain(self) -> list[TaskExit]:
-        """Every record queued now (up to 65536 datagrams); never blocks."""
+    def drain(self, wait_s: float = 0.0) -> list[TaskExit]:
+        """Every record queued now (up to 65536 datagrams); with ``wait_s``, when none is,
+        first waits that long for one."""
         if self._sock is None:
             raise ValueError("ExitListener is closed")
         out, self._pending = self._pending, []
+        if wait_s > 0 and not out:
+            select.select([self._sock], [], [], wait_s)
         for _ in range(_DRAIN_LIMIT):
             try:
                 data = self._sock.recv(_RECV_SIZE)

@@ -56,7 +56,7 @@ _EXIT_FOR_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 65,
     grpc.StatusCode.FAILED_PRECONDITION: 65,
     grpc.StatusCode.OUT_OF_RANGE: 65,
-    grpc.StatusCode.NOT_FOUND: 66,
+    grpc.StatusCode.NOT_FOUND: 67,
     grpc.StatusCode.INTERNAL: 70,
     grpc.StatusCode.UNKNOWN: 70,
     grpc.StatusCode.UNAVAILABLE: 75,

@@ -1,13 +1,13 @@
 """Golden traces: a checked-in baseline of what a command does, and a verdict on a new run.
 
 Pure logic (no bcc, no grpc, no syscall table import): callers pass ``name_of`` as for
-:mod:`tracerd.render`, and the measured peak RSS, which comes from ``getrusage`` in the CLI.
+:mod:`tracerd.render`.
 
-Golden file schema (``GOLDEN_SCHEMA``, currently ``tracerd.golden/v1``), written as
+Golden file schema (``GOLDEN_SCHEMA``, currently ``tracerd.golden/v2``), written as
 ``json.dumps(sort_keys=True, indent=2)`` plus a newline so that it diffs well in git::
 
     {
-      "schema": "tracerd.golden/v1",
+      "schema": "tracerd.golden/v2",
       "command": [str, ...],
       "environment": {"arch": str, "kernel": str, "tracerd": str},
       "runs": int,                                 # how many runs the spreads cover
@@ -16,8 +16,7 @@ Golden file schema (``GOLDEN_SCHEMA``, currently ``tracerd.golden/v1``), written
       "processes": {PATH: SPREAD},                 # PATH: comms root to leaf, "sh>ls"
       "measured": {                                # every noisy value, and only those
         "duration_us": SPREAD,                     # wall time of the whole process tree
-        "peak_rss_kib": SPREAD | null,             # see peak RSS below
-        "rss_floor_kib": int | null
+        "peak_rss_kib": SPREAD | null              # see peak RSS below
       },
       "tolerances": {
         "counts": {"min_abs": int, "pct": number},  # margin for counts that varied
@@ -36,26 +35,27 @@ Rules of :func:`compare` (the defaults are written into every golden file):
   the golden shows no spread (min == max: the count must be exact), otherwise
   ``max(min_abs, ceil(pct% of max))`` (defaults 2 and 10%). A per-syscall ``SPEC``
   replaces that rule: ``exact`` (m = 0), ``N`` (m = N), ``N%`` (m = ceil(N% of max)) or
-  ``ignore``. A syscall the golden never saw is NEW; one the golden always saw and that
-  the run did not make is VANISHED; both fail.
+  ``ignore``. The defaults give the syscalls whose counts follow timing rather than the
+  program's logic (``TIMING_SYSCALLS``: futex, sched_yield, the sleeps and waits) ``100%``:
+  a thread that found a lock free in every capture may wait on it once in the next run.
+  A syscall the golden never saw is NEW; one the golden always saw and that the run did
+  not make is VANISHED (unless its margin reaches down to 0); both fail.
 - process tree: the count of each comm path follows the default count rule.
 - exit status: must be within the golden's [min, max].
 - duration: fails only if slower than ``ratio`` x the golden median *and* more than
   ``slack_ms`` slower (defaults 1.5 and 50 ms): the ratio alone would trip on the noise of
   millisecond-long commands. Faster is never a failure.
-- peak RSS: fails if above ``ratio`` x the golden median (default 1.5) and above the floor.
+- peak RSS: fails if above ``ratio`` x the golden median (default 1.5).
 - a run with drops (uncounted syscalls or lost process events) fails: its counts are wrong.
 
-Peak RSS is ``ru_maxrss`` of ``getrusage(RUSAGE_CHILDREN)`` taken by tracerd after a run, in
-KiB. Linux keeps there the largest peak RSS among the children tracerd has waited for and
-*their* waited-for descendants (a maximum, not a sum; descendants reparented to init are not
-included). Two caveats, both measured rather than assumed: it never decreases during one
-tracerd process, so in a multi-run capture a run can only show the largest peak so far (the
-spread is biased upward, so compare errs on the side of passing); and the kernel records
-the pre-exec image of the root (a fork of tracerd itself, tens of MiB) as part of the root's
-peak. ``rss_floor_kib`` is that image, measured by forking a child that exits at once:
-values at or near it (within 5%) say only "no larger than tracerd"; at or below it they
-never fail.
+Peak RSS is the largest peak resident set size of any one process in the tree, in KiB: the
+kernel's high-water mark of each process's memory after its exec (taskstats ``hiwater_rss``
+at exit, ``VmHWM`` polled while it runs), as the hub reports it per process. A maximum, not
+a sum: processes of a pipeline that run at once are not added up. It is null when it could
+not be measured (taskstats unavailable and every process too short-lived to poll).
+
+v1 files, whose peak came from ``getrusage(RUSAGE_CHILDREN)`` and so included a copy of
+tracerd's own image, are refused with a request to recapture (``tracerd golden update``).
 """
 
 from __future__ import annotations
@@ -90,24 +90,33 @@ __all__ = [
     "load_golden",
     "observe",
     "parse_golden",
+    "peak_rss_kib",
     "process_paths",
     "render_diff",
     "tree_duration_ns",
     "verdict_to_dict",
 ]
 
-GOLDEN_SCHEMA = "tracerd.golden/v1"
+GOLDEN_SCHEMA = "tracerd.golden/v2"
 VERDICT_SCHEMA = "tracerd.golden-verdict/v1"
+_OLD_SCHEMAS = frozenset({"tracerd.golden/v1"})
 
 #: Exit status of ``golden compare`` / ``run --against`` on a regression. Distinct from
-#: every status tracerd or a shell already gives (2, 65, 66, 69, 72, 73, 77, 78, 126, 127).
+#: every status tracerd or a shell already gives (2, 5, 65, 66, 67, 69, 72, 73, 77, 78, 126,
+#: 127).
 EXIT_REGRESSION = 3
+
+#: Syscalls whose counts depend on scheduling and timing, not only on what the program
+#: does (a contended lock, a poll that found data at once or after a wake-up).
+TIMING_SYSCALLS = ("clock_nanosleep", "epoll_pwait", "epoll_pwait2", "epoll_wait", "futex",
+                   "futex_waitv", "nanosleep", "poll", "ppoll", "pselect6", "restart_syscall",
+                   "sched_yield", "select")
 
 DEFAULT_TOLERANCES: dict[str, Any] = {
     "counts": {"min_abs": 2, "pct": 10},
     "duration": {"ratio": 1.5, "slack_ms": 50},
     "peak_rss": {"ratio": 1.5},
-    "syscalls": {},
+    "syscalls": {name: "100%" for name in TIMING_SYSCALLS},
 }
 
 NameOf = Callable[[int], str]
@@ -140,7 +149,6 @@ class Observation:
     exit_status: int | None
     duration_us: int | None
     peak_rss_kib: int | None = None
-    rss_floor_kib: int | None = None
     drops: int = 0
 
 
@@ -178,8 +186,13 @@ def tree_duration_ns(report: Report) -> int | None:
     return max(e for e in ends if e is not None) - root.start_ns
 
 
-def observe(report: Report, name_of: NameOf, *, peak_rss_kib: int | None = None,
-            rss_floor_kib: int | None = None) -> Observation:
+def peak_rss_kib(report: Report) -> int | None:
+    """The largest per-process peak RSS of the tree, in KiB; None when none was measured."""
+    peaks = [p.peak_rss_bytes for p in report.processes.values() if p.peak_rss_bytes]
+    return max(peaks) // 1024 if peaks else None
+
+
+def observe(report: Report, name_of: NameOf) -> Observation:
     calls: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for nr, st in report.totals().items():
@@ -193,8 +206,7 @@ def observe(report: Report, name_of: NameOf, *, peak_rss_kib: int | None = None,
         processes=dict(process_paths(report)),
         exit_status=report.exit.shell_status() if report.exit else None,
         duration_us=None if duration is None else max(0, duration) // 1000,
-        peak_rss_kib=peak_rss_kib,
-        rss_floor_kib=rss_floor_kib,
+        peak_rss_kib=peak_rss_kib(report),
         drops=report.drops.total(),
     )
 
@@ -232,7 +244,6 @@ def capture(observations: Sequence[Observation], command: Sequence[str], *, arch
     if any(d is None for d in durations) or any(s is None for s in statuses):
         raise ValueError("a run did not finish (no duration or exit status)")
     rss = [o.peak_rss_kib for o in obs]
-    floors = [o.rss_floor_kib for o in obs if o.rss_floor_kib is not None]
     return {
         "schema": GOLDEN_SCHEMA,
         "command": list(command),
@@ -246,25 +257,18 @@ def capture(observations: Sequence[Observation], command: Sequence[str], *, arch
             "duration_us": _spread([d for d in durations if d is not None]),
             "peak_rss_kib": (None if any(r is None for r in rss)
                              else _spread([r for r in rss if r is not None])),
-            "rss_floor_kib": max(floors) if floors else None,
         },
         "tolerances": json.loads(json.dumps(tolerances or DEFAULT_TOLERANCES)),
     }
 
 
 def capture_from_reports(reports: Sequence[Report], command: Sequence[str], name_of: NameOf,
-                         *, peak_rss_kib: Sequence[int | None] | None = None,
-                         rss_floor_kib: int | None = None,
-                         tolerances: Mapping[str, Any] | None = None,
+                         *, tolerances: Mapping[str, Any] | None = None,
                          version: str = __version__) -> dict[str, Any]:
-    """A golden dict from the reports of N runs of ``command`` (and their peak RSS, if any)."""
+    """A golden dict from the reports of N runs of ``command``."""
     if not reports:
         raise ValueError("a golden trace needs at least one run")
-    rss = list(peak_rss_kib) if peak_rss_kib is not None else [None] * len(reports)
-    if len(rss) != len(reports):
-        raise ValueError("peak_rss_kib needs one value per report")
-    obs = [observe(r, name_of, peak_rss_kib=k, rss_floor_kib=rss_floor_kib)
-           for r, k in zip(reports, rss, strict=True)]
+    obs = [observe(r, name_of) for r in reports]
     return capture(obs, command, arch=reports[0].arch, kernel=reports[0].kernel,
                    tolerances=tolerances, version=version)
 
@@ -334,7 +338,10 @@ class _Checker:
         schema = self.field(g, "schema", "")
         if schema != GOLDEN_SCHEMA:
             if isinstance(schema, str) and schema.startswith("tracerd.golden/"):
-                raise self.fail("schema", f"is {schema!r}: this tracerd reads {GOLDEN_SCHEMA!r}")
+                hint = ("; recapture it with `tracerd golden update FILE`"
+                        if schema in _OLD_SCHEMAS else "")
+                raise self.fail("schema", f"is {schema!r}: this tracerd reads "
+                                f"{GOLDEN_SCHEMA!r}{hint}")
             raise self.fail("schema", f"must be {GOLDEN_SCHEMA!r}, got {schema!r}")
         command = self.field(g, "command", "")
         if not isinstance(command, list) or not command:
@@ -365,9 +372,6 @@ class _Checker:
         rss = self.field(measured, "peak_rss_kib", "measured.")
         if rss is not None:
             self.spread(rss, "measured.peak_rss_kib")
-        floor = self.field(measured, "rss_floor_kib", "measured.")
-        if floor is not None:
-            self.int_(floor, "measured.rss_floor_kib")
 
         tol = self.obj(self.field(g, "tolerances", ""), "tolerances")
         counts = self.obj(self.field(tol, "counts", "tolerances."), "tolerances.counts")
@@ -573,7 +577,7 @@ def _count_row(kind: str, name: str, spread: Mapping[str, int] | None, now: int,
     if margin is None:
         return Row(kind, name, spread, now, None, IGNORED)
     lo, hi = max(0, spread["min"] - margin), spread["max"] + margin
-    if kind == "calls" and now == 0 and spread["min"] > 0:
+    if kind == "calls" and now == 0 and lo > 0:
         verdict = VANISHED
     elif not lo <= now <= hi:
         verdict = FAIL
@@ -629,18 +633,13 @@ def _compare_observation(golden: Mapping[str, Any], now: Observation) -> Compari
                                unit="us"))
     rss = measured["peak_rss_kib"]
     if rss is not None and now.peak_rss_kib is not None:
-        floor = max(measured["rss_floor_kib"] or 0, now.rss_floor_kib or 0)
-        # At or below the floor the value is tracerd's own pre-exec image: never a failure.
-        hi = max(rss["median"] * tol["peak_rss"]["ratio"], floor)
+        hi = rss["median"] * tol["peak_rss"]["ratio"]
         verdict = FAIL if now.peak_rss_kib > hi else (
             OK if now.peak_rss_kib == rss["median"] else WITHIN)
         result.rows.append(Row("peak_rss", "peak RSS", rss, now.peak_rss_kib, (0, hi), verdict,
                                unit="KiB"))
-        # The image grows a little between the floor's fork and the run's (a few hundred
-        # KiB of tracerd's own allocations), hence "near": within 5%.
-        if now.peak_rss_kib <= floor * 1.05:
-            result.notes.append(f"peak RSS is near tracerd's own image ({floor} KiB): it only "
-                                "says the command used no more memory than that")
+    elif rss is not None:
+        result.notes.append("peak RSS was not measured in this run: not compared")
     if now.drops:
         result.rows.append(Row("drops", "dropped events", {"median": 0, "min": 0, "max": 0},
                                now.drops, (0, 0), FAIL))
@@ -649,10 +648,9 @@ def _compare_observation(golden: Mapping[str, Any], now: Observation) -> Compari
 
 
 def compare(golden: Mapping[str, Any], report: Report, name_of: NameOf, *,
-            peak_rss_kib: int | None = None, rss_floor_kib: int | None = None,
             command: Sequence[str] | None = None) -> Comparison:
     """Compare one run's report with a validated golden dict (see the module rules)."""
-    obs = observe(report, name_of, peak_rss_kib=peak_rss_kib, rss_floor_kib=rss_floor_kib)
+    obs = observe(report, name_of)
     result = _compare_observation(golden, obs)
     cmd = list(command) if command is not None else report.command
     if cmd != golden["command"]:
@@ -676,7 +674,6 @@ def compare_goldens(old: Mapping[str, Any], new: Mapping[str, Any]) -> Compariso
         exit_status=new["exit_status"]["median"],
         duration_us=m["duration_us"]["median"],
         peak_rss_kib=m["peak_rss_kib"]["median"] if m["peak_rss_kib"] else None,
-        rss_floor_kib=m["rss_floor_kib"],
     )
     result = _compare_observation(old, obs)
     if list(new["command"]) != list(old["command"]):

@@ -79,7 +79,7 @@ def test_attach_to_exited_process_is_refused() -> None:
         pass
     proc = tracerd("run", "-p", str(zombie.pid), timeout=30)
     zombie.wait()
-    assert proc.returncode == 66 and "no such process" in proc.stderr
+    assert proc.returncode == 67 and "no such process" in proc.stderr
 
 
 @pytest.mark.parametrize(("mode", "content", "status", "text"), [
@@ -108,7 +108,7 @@ def test_unknown_syscall_is_a_usage_error() -> None:
 
 def test_no_such_pid() -> None:
     proc = tracerd("run", "-p", "4000000")
-    assert proc.returncode == 66
+    assert proc.returncode == 67
     assert proc.stderr.startswith("tracerd: no such process")
 
 

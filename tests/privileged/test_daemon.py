@@ -388,7 +388,7 @@ def test_cli_start_watch_list_report(daemon: Daemon, fixture_bin: Path) -> None:
     rep = daemon.cli("report", sid)
     assert rep.returncode == 0 and "getppid" in rep.stdout and "total" in rep.stdout
     missing = daemon.cli("report", "nosuchsession")
-    assert missing.returncode == 66 and "no session" in missing.stderr
+    assert missing.returncode == 67 and "no session" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from conftest import tracerd
+from conftest import Daemon, tracerd
 
-from tracerd.golden import EXIT_REGRESSION
+from tracerd.golden import DEFAULT_TOLERANCES, EXIT_REGRESSION
 
 
 def _capture(path: Path, *cmd: str, runs: int = 3) -> dict[str, Any]:
     proc = tracerd("golden", "capture", str(path), "--runs", str(runs), "--", *cmd)
     assert proc.returncode == 0, proc.stderr
-    assert f"golden written to {path} ({runs} runs)" in proc.stderr
+    assert f"golden written to {path} ({runs} run{'s' if runs > 1 else ''})" in proc.stderr
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -30,7 +31,7 @@ def test_capture_then_compare_passes(tmp_path: Path, fixture_bin: Path) -> None:
     path = tmp_path / "exact.golden.json"
     # Single-threaded: see test_two_captures_differ_only_in_measured_fields.
     g = _capture(path, str(fixture_bin), "exact", "100", "0")
-    assert g["schema"] == "tracerd.golden/v1" and g["runs"] == 3
+    assert g["schema"] == "tracerd.golden/v2" and g["runs"] == 3
     assert g["syscalls"]["getppid"]["calls"] == {"median": 600, "min": 600, "max": 600}
     assert g["syscalls"]["getpgid"]["errors"]["median"] == 100
     assert g["processes"]["exact>exact>exact"]["median"] == 1
@@ -96,7 +97,7 @@ def test_update_shows_the_diff_then_rewrites(tmp_path: Path, fixture_bin: Path) 
     assert proc.stderr.endswith(f"tracerd: updated {path} (2 runs)\n")
     new = json.loads(path.read_text())
     assert new["syscalls"]["umask"]["calls"]["median"] == 11
-    assert new["tolerances"]["syscalls"] == {"brk": "5"}
+    assert new["tolerances"]["syscalls"] == {**DEFAULT_TOLERANCES["syscalls"], "brk": "5"}
 
 
 def test_run_save_golden_and_against(tmp_path: Path, fixture_bin: Path) -> None:
@@ -113,13 +114,86 @@ def test_run_save_golden_and_against(tmp_path: Path, fixture_bin: Path) -> None:
 
 def test_corrupt_golden_exits_65_naming_file_and_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.golden.json"
-    path.write_text('{"schema": "tracerd.golden/v1", "command": ["true"]')
+    path.write_text('{"schema": "tracerd.golden/v2", "command": ["true"]')
     proc = tracerd("golden", "compare", str(path), "--", "true")
     assert proc.returncode == 65
     assert proc.stderr == f"tracerd: {path}: truncated JSON (ends at line 1 before the " \
                           "document is complete)\n"
-    path.write_text('{"schema": "tracerd.golden/v1"}')
+    path.write_text('{"schema": "tracerd.golden/v2"}')
     proc = tracerd("run", "--against", str(path), "--", "true")
     assert (proc.returncode, proc.stderr) == (65, f"tracerd: {path}: field 'command' is missing\n")
     proc = tracerd("golden", "compare", str(tmp_path / "absent.json"), "--", "true")
-    assert proc.returncode == 66
+    assert proc.returncode == 66 and proc.stderr.count("\n") == 1
+    # A v1 file (peak RSS from getrusage) is refused with the way out; update reuses its
+    # command.
+    path.write_text('{"schema": "tracerd.golden/v1", "command": ["true"]}')
+    proc = tracerd("golden", "compare", str(path))
+    assert proc.returncode == 65 and "golden update" in proc.stderr
+    proc = tracerd("golden", "update", str(path), "--runs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(path.read_text())["command"] == ["true"]
+
+
+MIB = 1024  # KiB
+
+
+def test_peak_rss_is_the_commands_own(tmp_path: Path, fixture_bin: Path) -> None:
+    # taskstats/VmHWM of the exec'd image: a tiny command reads a few MiB, not a copy of
+    # tracerd (getrusage's ru_maxrss would say tens of MiB for `true`).
+    tiny = _capture(tmp_path / "true.json", "true", runs=2)
+    assert 0 < tiny["measured"]["peak_rss_kib"]["max"] < 8 * MIB
+    path = tmp_path / "touch.json"
+    g = _capture(path, str(fixture_bin), "touch", "32", runs=2)
+    assert 32 * MIB <= g["measured"]["peak_rss_kib"]["min"] <= 40 * MIB
+    # Three times the memory and the same calls: only peak RSS fails (duration loosened,
+    # touching pages takes time).
+    code, verdict = _verdict(path, str(fixture_bin), "touch", "96",
+                             extra=("--tolerance", "duration=50"))
+    assert code == EXIT_REGRESSION
+    assert [r["kind"] for r in verdict["rows"] if r["failed"]] == ["peak_rss"]
+    assert verdict["failed_syscalls"] == []
+
+
+def test_golden_through_the_daemon_and_from_a_session(tmp_path: Path, fixture_bin: Path) -> None:
+    dm = Daemon(tmp_path).wait_ready()
+    try:
+        path = tmp_path / "remote.golden.json"
+        cmd = (str(fixture_bin), "exact", "20", "0")
+        proc = tracerd("golden", "capture", str(path), "--runs", "2", "--remote", dm.socket,
+                       "--", *cmd)
+        assert proc.returncode == 0, proc.stderr
+        g = json.loads(path.read_text())
+        assert g["syscalls"]["getppid"]["calls"] == {"median": 120, "min": 120, "max": 120}
+        assert g["measured"]["peak_rss_kib"] is not None  # the daemon measured it
+        code, verdict = _verdict(path, *cmd, extra=("--remote", dm.socket))
+        assert (code, verdict["verdict"]) == (0, "pass"), verdict
+        code, verdict = _verdict(path, str(fixture_bin), "exact", "21", "0",
+                                 extra=("--remote", dm.socket))
+        assert code == EXIT_REGRESSION and "getppid" in verdict["failed_syscalls"]
+
+        # From a finished session's report: the last run above (exact 21) regressed.
+        with dm.client() as c:
+            done = [s for s in c.list() if list(s.target.argv[1:]) == ["exact", "21", "0"]]
+        assert len(done) == 1
+        sid = done[0].id
+        proc = tracerd("golden", "compare", str(path), "--session", sid, "--remote", dm.socket,
+                       "--json")
+        assert proc.returncode == EXIT_REGRESSION, proc.stderr
+        assert "getppid" in json.loads(proc.stderr)["failed_syscalls"]
+        again = tmp_path / "session.golden.json"
+        proc = tracerd("golden", "capture", str(again), "--session", sid, "--remote", dm.socket)
+        assert proc.returncode == 0, proc.stderr
+        s = json.loads(again.read_text())
+        assert (s["runs"], s["command"]) == (1, [str(fixture_bin), "exact", "21", "0"])
+        assert s["syscalls"]["getppid"]["calls"]["median"] == 126
+
+        missing = tracerd("golden", "compare", str(path), "--session", "nosuch",
+                          "--remote", dm.socket)
+        assert missing.returncode == 67 and missing.stderr.count("\n") == 1
+        with dm.client() as c:
+            live = c.start_pid(os.getpid())
+        running = tracerd("golden", "capture", str(again), "--session", live.id,
+                          "--remote", dm.socket)
+        assert running.returncode == 65 and "still running" in running.stderr
+    finally:
+        assert dm.stop() == 0

@@ -1573,7 +1573,7 @@ class FakeExits:
         self.lost = 0
         self.closed = False
 
-    def drain(self) -> list[FakeExit]:
+    def drain(self, wait_s: float = 0.0) -> list[FakeExit]:
         out, self.records = self.records, []
         return out
 

@@ -378,12 +378,18 @@ class SessionOptions(_message.Message):
     PER_PROCESS_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    PEAK_RSS_FIELD_NUMBER: _builtins.int
     duration_ms: _builtins.int
     """Stop the session after this many milliseconds; 0: no limit."""
     per_process: _builtins.bool
     """Keep per-process detail in reports and watch updates (totals are always kept)."""
     label: _builtins.str
     """Free-form label shown by ListSessions."""
+    peak_rss: _builtins.bool
+    """Measure each process's peak RSS (Process.peak_rss_bytes): VmHWM at every
+    drain and the taskstats record at exit. Implied by a memory_usage "rss"
+    assertion in budget.
+    """
     @_builtins.property
     def syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Count only these syscalls (names for the daemon's architecture, or
@@ -404,10 +410,11 @@ class SessionOptions(_message.Message):
         per_process: _builtins.bool = ...,
         label: _builtins.str = ...,
         budget: _abc.Iterable[Global___Assertion] | None = ...,
+        peak_rss: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duration_ms", b"duration_ms", "label", b"label", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duration_ms", b"duration_ms", "label", b"label", "peak_rss", b"peak_rss", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
