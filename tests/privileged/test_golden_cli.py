@@ -58,6 +58,18 @@ def test_extra_syscalls_fail_naming_exactly_those(tmp_path: Path, fixture_bin: P
     assert "verdict: REGRESSION" in proc.stderr and "umask" in proc.stderr
 
 
+def test_extra_openat_calls_fail_naming_only_openat(tmp_path: Path, fixture_bin: Path) -> None:
+    path = tmp_path / "opens.golden.json"
+    g = _capture(path, str(fixture_bin), "opens", "3", runs=2)
+    base = g["syscalls"]["openat"]
+    code, verdict = _verdict(path, str(fixture_bin), "opens", "5")
+    assert code == EXIT_REGRESSION and verdict["failed_syscalls"] == ["openat"]
+    rows = {(r["kind"], r["name"]): r for r in verdict["rows"] if r["failed"]}
+    assert set(rows) == {("calls", "openat"), ("errors", "openat")}
+    assert rows[("calls", "openat")]["now"] == base["calls"]["median"] + 2
+    assert rows[("errors", "openat")]["now"] == base["errors"]["median"] + 2
+
+
 def test_slower_run_trips_duration_not_counts(tmp_path: Path) -> None:
     path = tmp_path / "sleep.golden.json"
     _capture(path, "sh", "-c", "sleep 0.05; true")
