@@ -31,6 +31,18 @@ BPF_HASH(rule_path, struct path_key, __u32, MAX_RULES);
 BPF_HASH(rule_cgroup, __u64, __u32, MAX_RULES);
 /* A 256-byte key does not fit next to the rest on the 512-byte BPF stack. */
 BPF_PERCPU_ARRAY(path_scratch, struct path_key, 1);
+/* Per-syscall events (sessions that ask for them): the filter of each session slot,
+ * how to decode each syscall's arguments, the calls in flight, and the records. */
+BPF_ARRAY(ev_filters, struct ev_filter, MAX_LIMITS);
+BPF_ARRAY(ev_decode, struct ev_decode, NR_SLOTS_NR);
+BPF_TABLE("lru_hash", __u32, struct ev_inflight, ev_inflight, EV_MAX_INFLIGHT);
+/* The path of an execve that succeeded, by tgid, from sched_process_exec: at sys_exit
+ * the old image (and the pointer argument) is gone. */
+BPF_TABLE("lru_hash", __u32, struct path_key, ev_exec_path, 1024);
+BPF_RINGBUF_OUTPUT(sys_events, EV_RINGBUF_PAGES);
+
+/* pid_state.nr's top bit: this thread's call has an ev_inflight entry to emit. */
+#define NR_EVENT_BIT 0x8000
 
 static __always_inline void count_drop(__u32 idx)
 {
@@ -80,7 +92,7 @@ static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr, __u32 
 	return s;
 }
 
-/* Argument i (0..3) of the syscall being entered, from the saved user registers. */
+/* Argument i (0..5) of the syscall being entered, from the saved user registers. */
 static __always_inline __u64 syscall_arg(struct pt_regs *regs, int i)
 {
 	__u64 v = 0;
@@ -89,7 +101,9 @@ static __always_inline __u64 syscall_arg(struct pt_regs *regs, int i)
 	int off = i == 0   ? offsetof(struct pt_regs, di)
 		  : i == 1 ? offsetof(struct pt_regs, si)
 		  : i == 2 ? offsetof(struct pt_regs, dx)
-			   : offsetof(struct pt_regs, r10);
+		  : i == 3 ? offsetof(struct pt_regs, r10)
+		  : i == 4 ? offsetof(struct pt_regs, r8)
+			   : offsetof(struct pt_regs, r9);
 	bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + off);
 #elif defined(__TARGET_ARCH_arm64) || defined(__aarch64__)
 	bpf_probe_read_kernel(&v, sizeof(v), (void *)regs + i * sizeof(__u64));
@@ -124,6 +138,20 @@ static __always_inline __u64 requested_bytes(struct pt_regs *regs, __s64 nr)
 	return 0;
 }
 
+/* Is nr in a syscall mask? Out-of-range numbers are not. */
+static __always_inline int mask_has(const __u64 *mask, __u32 nr)
+{
+	if (nr >= 64 * NR_MASK_WORDS)
+		return 0;
+	/* Masked as well, behind a barrier: the compiler drops a mask it can prove
+	 * redundant, and the verifier loses the range check's bound on the register it
+	 * sees. NR_MASK_WORDS is a power of two. */
+	__u32 w = nr / 64;
+	asm volatile("" : "+r"(w));
+	w &= NR_MASK_WORDS - 1;
+	return (mask[w] >> (nr & 63)) & 1;
+}
+
 /* The process is under limits[idx]: count this call against every rule that
  * covers it, and signal the process once any rule is over. Two CPUs may both see
  * a rule go over; both signal, which is what tripping means anyway. */
@@ -132,20 +160,13 @@ static __always_inline void enforce(__u32 idx, __u32 nr)
 	struct limit *l = limits.lookup(&idx);
 	if (!l)
 		return;
-	if (nr < 64 * NR_MASK_WORDS) {
-		/* Masked as well, behind a barrier: the compiler drops a mask it can
-		 * prove redundant, and the verifier loses the range check's bound on
-		 * the register it sees. NR_MASK_WORDS is a power of two. */
-		__u32 w = nr / 64;
-		asm volatile("" : "+r"(w));
-		w &= NR_MASK_WORDS - 1;
-		__u64 bit = 1ULL << (nr & 63);
+	if (l->nrules) {
 #pragma unroll
 		for (int i = 0; i < LIMIT_RULES; i++) {
 			if (i >= l->nrules)
 				break;
 			struct limit_rule *r = &l->rule[i];
-			if (!(r->mask[w] & bit))
+			if (!mask_has(r->mask, nr))
 				continue;
 			/* Counted after tripping as well: count - max is what got past. */
 			__sync_fetch_and_add(&r->count, 1);
@@ -162,6 +183,164 @@ static __always_inline void enforce(__u32 idx, __u32 nr)
 	 * (a fatal one also interrupts a blocking wait). */
 	bpf_send_signal(l->sig);
 	__sync_fetch_and_add(&l->signals, 1);
+}
+
+static __always_inline void event_lost(__u32 slot)
+{
+	count_drop(C_SYS_EVENTS_LOST);
+	struct ev_filter *f = ev_filters.lookup(&slot);
+	if (f)
+		__sync_fetch_and_add(&f->lost, 1);
+}
+
+/* Copy the user memory behind one argument into dst; returns the bytes kept, sets *ok
+ * when the copy succeeded (an empty string is data too) and *trunc when there was
+ * more. Any fault leaves nothing. */
+static __always_inline __u16 read_arg(char *dst, __u8 kind, __u8 len_src, const __u64 *args,
+				      __u8 idx, __u8 len_idx, __s64 ret, int *trunc, int *ok)
+{
+	if (idx > 5 || len_idx > 5)
+		return 0;
+	__u64 ptr = args[idx];
+	if (!ptr)
+		return 0;
+	if (kind == AK_PATH) {
+		long n = bpf_probe_read_user_str(dst, EV_DATA_LEN, (void *)ptr);
+		if (n <= 0)
+			return 0;
+		/* A string that filled the buffer may have been cut (or be exactly 255). */
+		*trunc = n >= EV_DATA_LEN;
+		*ok = 1;
+		return (__u16)(n - 1);
+	}
+	__u64 want = EV_DATA_LEN;
+	if (len_src == LEN_ARG) {
+		want = args[len_idx];
+	} else if (len_src == LEN_RET) {
+		want = ret > 0 ? (__u64)ret : 0;
+	} else if (len_src == LEN_PTR) {
+		__u32 l = 0;
+		if (bpf_probe_read_user(&l, sizeof(l), (void *)args[len_idx]))
+			return 0;
+		want = l;
+	}
+	*trunc = want > EV_DATA_LEN;
+	__u32 n = want > EV_DATA_LEN ? EV_DATA_LEN : (__u32)want;
+	asm volatile("" : "+r"(n));
+	if (n > EV_DATA_LEN)
+		return 0;
+	if (bpf_probe_read_user(dst, n, (void *)ptr))
+		return 0;
+	*ok = 1;
+	return (__u16)n;
+}
+
+static __always_inline void fill_event(struct sys_event *e, const struct ev_inflight *in,
+				       __u32 tgid, __u32 tid, __u64 start, __u64 end, __s64 ret,
+				       __u32 flags)
+{
+	e->start_ns = start;
+	e->end_ns = end;
+	e->pid = tgid;
+	e->tid = tid;
+	e->nr = in->nr;
+	e->slot = in->slot;
+	e->ret = ret;
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		e->args[i] = in->args[i];
+	e->flags = flags;
+	e->len[0] = 0;
+	e->len[1] = 0;
+}
+
+/* Record one completed (or never-returning) syscall of an events session. */
+static __always_inline void emit_syscall(const struct ev_inflight *in, __u32 tgid, __u32 tid,
+					 __u64 start, __u64 end, __s64 ret, __u32 flags)
+{
+	__u32 nr = in->nr;
+	struct ev_decode *d = nr < NR_SLOTS_NR ? ev_decode.lookup(&nr) : 0;
+	if (!d || !d->kind[0]) {
+		struct sys_event *e = sys_events.ringbuf_reserve(sizeof(struct sys_event));
+		if (!e) {
+			event_lost(in->slot);
+			return;
+		}
+		fill_event(e, in, tgid, tid, start, end, ret, flags);
+		sys_events.ringbuf_submit(e, 0);
+		return;
+	}
+	struct sys_event_data *e = sys_events.ringbuf_reserve(sizeof(struct sys_event_data));
+	if (!e) {
+		event_lost(in->slot);
+		return;
+	}
+	fill_event(&e->hdr, in, tgid, tid, start, end, ret, flags);
+	int trunc = 0, ok = 0;
+	if (flags & SEF_EXEC_PATH) {
+		struct path_key *pk = ev_exec_path.lookup(&tgid);
+		if (pk) {
+			long n = bpf_probe_read_kernel_str(e->data[0], EV_DATA_LEN, pk->path);
+			e->hdr.len[0] = n > 0 ? (__u16)(n - 1) : 0;
+			ok = n > 0;
+			ev_exec_path.delete(&tgid);
+		}
+	} else if (!(flags & SEF_NO_RETURN) || d->len_src[0] != LEN_RET) {
+		e->hdr.len[0] = read_arg(e->data[0], d->kind[0], d->len_src[0], in->args,
+					 d->idx[0], d->len_idx[0], ret, &trunc, &ok);
+	}
+	e->hdr.flags |= (trunc ? SEF_TRUNC0 : 0) | (ok ? SEF_DATA0 : 0);
+	trunc = 0;
+	ok = 0;
+	if (d->kind[1]) {
+		e->hdr.len[1] = read_arg(e->data[1], d->kind[1], d->len_src[1], in->args,
+					 d->idx[1], d->len_idx[1], ret, &trunc, &ok);
+		e->hdr.flags |= (trunc ? SEF_TRUNC1 : 0) | (ok ? SEF_DATA1 : 0);
+	}
+	sys_events.ringbuf_submit(e, 0);
+}
+
+/* At sys_enter of a process under slot: keep the arguments for sys_exit if the slot
+ * wants events of this syscall. Returns whether it did (the NR_EVENT_BIT). A call
+ * that never returns is recorded here, with its arguments only. */
+static __always_inline int event_enter(__u32 slot, __u32 tgid, __u32 tid, __u32 nr,
+				       struct pt_regs *regs, __u64 start)
+{
+	struct ev_filter *f = ev_filters.lookup(&slot);
+	if (!f || !f->enabled || !mask_has(f->mask, nr))
+		return 0;
+	struct ev_inflight in = {.slot = slot, .nr = nr};
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		in.args[i] = syscall_arg(regs, i);
+	if ((__s64)nr == NR_EXIT || (__s64)nr == NR_EXIT_GROUP) {
+		emit_syscall(&in, tgid, tid, start, start, 0, SEF_NO_RETURN);
+		return 0;
+	}
+	if (ev_inflight.update(&tid, &in)) {
+		event_lost(slot);
+		return 0;
+	}
+	return 1;
+}
+
+/* At sys_exit (or thread exit) of a call event_enter kept. */
+static __always_inline void event_exit(__u32 tgid, __u32 tid, __u64 start, __u64 end,
+				       __s64 ret, __u32 flags)
+{
+	struct ev_inflight *in = ev_inflight.lookup(&tid);
+	if (!in) {
+		/* Pushed out of the LRU map by other threads' calls: lost, but its slot is
+		 * unknown here; counted in the global counter only. */
+		count_drop(C_SYS_EVENTS_LOST);
+		return;
+	}
+	if ((__s64)in->nr == NR_EXECVE || (__s64)in->nr == NR_EXECVEAT) {
+		if (ret == 0 && !(flags & SEF_NO_RETURN))
+			flags |= SEF_EXEC_PATH;
+	}
+	emit_syscall(in, tgid, tid, start, end, ret, flags);
+	ev_inflight.delete(&tid);
 }
 
 static __always_inline struct pid_state *tracked_process(__u32 tgid)
@@ -216,11 +395,16 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	/* The call is counted when it returns, or at thread exit if it never does
 	 * (exit, exit_group, or a thread killed inside a blocking call). */
 	__s64 nr = (__s64)ctx->args[1];
+	__u64 now = bpf_ktime_get_ns();
 	t->nr = (__u16)nr;
-	t->start_ns = bpf_ktime_get_ns();
+	t->start_ns = now;
 	__u32 *lim = limit_of.lookup(&tgid);
-	if (lim && *lim)
-		enforce(*lim - 1, (__u32)nr);
+	if (lim && *lim) {
+		__u32 slot = *lim - 1;
+		enforce(slot, (__u32)nr);
+		if (event_enter(slot, tgid, tid, (__u32)nr, (struct pt_regs *)ctx->args[0], now))
+			t->nr |= NR_EVENT_BIT;
+	}
 	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP)) {
 		__u64 bytes = requested_bytes((struct pt_regs *)ctx->args[0], nr);
 		struct stats_val *s = bytes ? stats_slot(tgid, (__u32)nr, g->gen) : 0;
@@ -242,10 +426,16 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	 * a process that became tracked while inside this call. */
 	if (!t || !t->start_ns)
 		return 0;
-	__u64 delta = bpf_ktime_get_ns() - t->start_ns;
-	__u32 nr = t->nr;
+	__u64 start = t->start_ns, end = bpf_ktime_get_ns();
+	__u64 delta = end - start;
+	__u32 nr = t->nr & ~NR_EVENT_BIT;
+	int event = t->nr & NR_EVENT_BIT;
 	t->start_ns = 0;
+	t->nr = 0;
 	long ret = (long)ctx->args[1];
+	/* Recorded before counting: a full stats map must not cost the event too. */
+	if (event)
+		event_exit(tgid, tid, start, end, ret, 0);
 
 	struct stats_val *s = stats_slot(tgid, nr, g->gen);
 	if (!s)
@@ -341,9 +531,18 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			g->start_ns = o->start_ns;
 			g->nr = o->nr;
 			o->start_ns = 0;
+			o->nr = 0;
 			o->tracked = 0;
 		}
+		struct ev_inflight *in = ev_inflight.lookup(&old);
+		if (in) {
+			struct ev_inflight moved = *in;
+			ev_inflight.update(&tgid, &moved);
+			ev_inflight.delete(&old);
+		}
 	}
+	if ((g->nr & NR_EVENT_BIT) && pk)
+		ev_exec_path.update(&tgid, pk);
 	struct event *e = new_event(EV_EXEC, tgid, 0, 0);
 	if (!e)
 		return 0;
@@ -366,9 +565,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (g && g->tracked) {
 		if (t->start_ns) {
 			/* The call this thread is in will never return: count it, untimed. */
-			struct stats_val *s = stats_slot(tgid, t->nr, g->gen);
+			struct stats_val *s = stats_slot(tgid, t->nr & ~NR_EVENT_BIT, g->gen);
 			if (s)
 				s->calls++;
+			if (t->nr & NR_EVENT_BIT)
+				event_exit(tgid, tid, t->start_ns, t->start_ns, 0, SEF_NO_RETURN);
 		}
 		if (args->group_dead) {
 			__s32 code = -1;

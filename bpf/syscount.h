@@ -43,6 +43,18 @@
 #define MAX_LIMITS 64
 #endif
 
+/* Pages of the per-syscall event ring buffer (power of two): what can wait for user
+ * space between two reads of it. Allocated at load even with no events session. */
+#ifndef EV_RINGBUF_PAGES
+#define EV_RINGBUF_PAGES 1024
+#endif
+
+/* Threads with an events syscall in flight (entered, not yet returned) at once. An
+ * LRU map: a thread whose entry was pushed out loses that one event, counted. */
+#ifndef EV_MAX_INFLIGHT
+#define EV_MAX_INFLIGHT 16384
+#endif
+
 /* Syscall numbers whose arguments are measured as memory requests, per arch from
  * user space's generated tables; -1 (the default) turns a measure off. */
 #ifndef NR_MMAP
@@ -53,6 +65,20 @@
 #endif
 #ifndef NR_MREMAP
 #define NR_MREMAP -1
+#endif
+/* Calls that never return (an event is recorded at entry) and exec (whose path
+ * argument is gone at sys_exit when it succeeded). */
+#ifndef NR_EXIT
+#define NR_EXIT -1
+#endif
+#ifndef NR_EXIT_GROUP
+#define NR_EXIT_GROUP -1
+#endif
+#ifndef NR_EXECVE
+#define NR_EXECVE -1
+#endif
+#ifndef NR_EXECVEAT
+#define NR_EXECVEAT -1
 #endif
 
 /* Byte offsets of task_struct.mm and mm_struct.brk (from BTF, like TASK_EXIT_CODE_OFF);
@@ -71,6 +97,9 @@
 #define COMM_LEN 16
 #define FILENAME_LEN 256
 #define ERRNO_MAX 4095
+#define EV_DATA_LEN 256 /* bytes copied per decoded argument (a power of two) */
+#define EV_DATA_ARGS 2  /* decoded arguments per event */
+#define NR_SLOTS_NR 512 /* syscall numbers the event decode table covers */
 
 /* One slot per pid number. Thread ids and process ids share that number space,
  * so a single array serves both roles: every thread keeps its syscall entry time
@@ -126,6 +155,71 @@ struct limit_rule {
 	__u64 mask[NR_MASK_WORDS]; /* bit nr set: syscall nr counts */
 };
 
+/* A session slot's event filter (ev_filters[i], the same index as limits[i]: a process
+ * under slot i, see limit_of, sends per-syscall events when enabled and the syscall
+ * is in mask). */
+struct ev_filter {
+	__u32 enabled;
+	__u32 _pad;
+	__u64 mask[NR_MASK_WORDS];
+	__u64 lost;    /* events of this slot that could not be recorded (atomic) */
+};
+
+/* How user memory behind an argument is read for events (ev_decode[nr], one entry
+ * per syscall number, from user space's table of signatures). */
+enum arg_kind {
+	AK_NONE = 0,
+	AK_PATH = 1,     /* NUL-terminated string */
+	AK_BUFFER = 2,   /* data bytes */
+	AK_SOCKADDR = 3, /* struct sockaddr */
+};
+enum len_src {
+	LEN_MAX = 0, /* up to EV_DATA_LEN (a string's NUL ends it sooner) */
+	LEN_ARG = 1, /* the value of argument len_idx */
+	LEN_RET = 2, /* the return value (bytes the call moved); nothing when it failed */
+	LEN_PTR = 3, /* the u32 that argument len_idx points to (socklen_t *), after the call */
+};
+struct ev_decode {
+	__u8 kind[EV_DATA_ARGS];    /* enum arg_kind */
+	__u8 idx[EV_DATA_ARGS];     /* argument holding the pointer */
+	__u8 len_src[EV_DATA_ARGS]; /* enum len_src */
+	__u8 len_idx[EV_DATA_ARGS];
+};
+
+/* What sys_enter keeps for sys_exit, per thread, for an events syscall. */
+struct ev_inflight {
+	__u64 args[6];
+	__u32 slot;
+	__u32 nr;
+};
+
+/* Bits of sys_event.flags. */
+#define SEF_NO_RETURN 1 /* the call never returned (exit, exit_group, killed thread) */
+#define SEF_TRUNC0 2    /* data[0] was cut at EV_DATA_LEN (or the buffer's bound) */
+#define SEF_TRUNC1 4
+#define SEF_EXEC_PATH 8 /* data[0] is the path sched_process_exec saw (exec succeeded) */
+#define SEF_DATA0 16    /* data[0] holds a copy (possibly empty); else the read failed */
+#define SEF_DATA1 32
+
+/* One syscall of an events session. The record is this header alone when the syscall
+ * has no decoded argument, else the header and data. */
+struct sys_event {
+	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter */
+	__u64 end_ns;   /* at sys_exit; start_ns when it never returned */
+	__u32 pid;      /* tgid */
+	__u32 tid;
+	__u32 nr;
+	__u32 slot;     /* the session slot the process is under */
+	__s64 ret;
+	__u64 args[6];
+	__u32 flags;    /* SEF_* */
+	__u16 len[EV_DATA_ARGS]; /* bytes in data[i] (a PATH without its NUL) */
+};
+struct sys_event_data {
+	struct sys_event hdr;
+	char data[EV_DATA_ARGS][EV_DATA_LEN];
+};
+
 /* A session's in-kernel limits. Once tripped, every syscall entered by a process
  * under it gets sig (bpf_send_signal: the whole process), so a tree stops at its
  * next syscall: each process makes at most the call it is in. Which limit a process
@@ -169,7 +263,8 @@ enum counter_idx {
 	C_STATS_FULL = 0, /* a syscall not counted: stats map full */
 	C_EVENTS_LOST = 1, /* a lifecycle event lost: ring buffer full */
 	C_PID_RANGE = 2,   /* a fork whose child pid is >= PID_MAX */
-	NR_COUNTERS = 3,
+	C_SYS_EVENTS_LOST = 3, /* a syscall event lost (all slots; per slot in ev_filter.lost) */
+	NR_COUNTERS = 4,
 };
 
 #endif /* TRACERD_SYSCOUNT_H */

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import mmap
 import os
+import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,9 +21,19 @@ from typing import Any
 
 from . import _btf
 from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
-from .model import HIST_BUCKETS, LIMIT_RULES, Drops, LifecycleEvent, SyscallStats
+from .model import (
+    HIST_BUCKETS,
+    LIMIT_RULES,
+    ArgData,
+    ArgKind,
+    ArgRead,
+    Drops,
+    LifecycleEvent,
+    SyscallEvent,
+    SyscallStats,
+)
 
-_C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE = 0, 1, 2
+_C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE, _C_SYS_EVENTS_LOST = 0, 1, 2, 3
 
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -79,6 +91,111 @@ class Event(ct.Structure):
     ]
 
 
+_EV_DATA_LEN, _EV_DATA_ARGS, _NR_DECODE = 256, 2, 512
+
+
+class EvFilter(ct.Structure):
+    _fields_ = [("enabled", ct.c_uint32), ("_pad", ct.c_uint32),
+                ("mask", ct.c_uint64 * _NR_MASK_WORDS), ("lost", ct.c_uint64)]
+
+
+class EvDecode(ct.Structure):
+    _fields_ = [("kind", ct.c_uint8 * _EV_DATA_ARGS), ("idx", ct.c_uint8 * _EV_DATA_ARGS),
+                ("len_src", ct.c_uint8 * _EV_DATA_ARGS), ("len_idx", ct.c_uint8 * _EV_DATA_ARGS)]
+
+
+class EvInflight(ct.Structure):
+    _fields_ = [("args", ct.c_uint64 * 6), ("slot", ct.c_uint32), ("nr", ct.c_uint32)]
+
+
+class SysEvent(ct.Structure):
+    _fields_ = [("start_ns", ct.c_uint64), ("end_ns", ct.c_uint64), ("pid", ct.c_uint32),
+                ("tid", ct.c_uint32), ("nr", ct.c_uint32), ("slot", ct.c_uint32),
+                ("ret", ct.c_int64), ("args", ct.c_uint64 * 6), ("flags", ct.c_uint32),
+                ("len", ct.c_uint16 * _EV_DATA_ARGS)]
+
+
+#: struct sys_event as read from the ring: the ctypes mirror above is what the layout
+#: test checks; this is its fast path.
+_SYS_EVENT = struct.Struct("<QQIIIIq6QIHH")
+_SEF_NO_RETURN, _SEF_TRUNC0, _SEF_TRUNC1, _SEF_DATA0, _SEF_DATA1 = 1, 2, 4, 16, 32
+# enum len_src
+_LEN_MAX, _LEN_ARG, _LEN_RET, _LEN_PTR = 0, 1, 2, 3
+
+
+def _decode_entry(reads: tuple[ArgRead, ...]) -> EvDecode:
+    d = EvDecode()
+    for i, r in enumerate(reads[:_EV_DATA_ARGS]):
+        d.kind[i], d.idx[i] = int(r.kind), r.index
+        if r.len_index >= 0:
+            d.len_src[i], d.len_idx[i] = _LEN_ARG, r.len_index
+        elif r.kind == ArgKind.BUFFER and r.at_exit:
+            d.len_src[i] = _LEN_RET
+        elif r.kind == ArgKind.SOCKADDR and r.at_exit:
+            # accept/accept4/getsockname/getpeername/recvfrom: the socklen_t * follows
+            # the address argument.
+            d.len_src[i], d.len_idx[i] = _LEN_PTR, r.index + 1
+        else:
+            d.len_src[i] = _LEN_MAX
+    return d
+
+
+class RingReader:
+    """Reads a BPF ring buffer map through its mmap'd pages, many records per call.
+
+    BCC's reader calls back into Python once per record; at hundreds of thousands of
+    records a second that call is the cost, so the pages are read here directly: the
+    consumer position page (read-write), then the producer position page and the data
+    pages, mapped twice in a row by the kernel so a record that wraps is contiguous.
+    A record is an 8-byte header (length with BUSY and DISCARD bits, page offset) and
+    its sample, padded to 8 bytes. A record still BUSY (reserved, not yet submitted)
+    stops the read there; it is read next time.
+
+    Memory order: the kernel publishes with release semantics. Python cannot issue
+    an acquire barrier, but every load here follows the header's load through several
+    function calls; x86_64 keeps loads in order, and on arm64 the window in which a
+    sample could be seen before its header is far shorter than that (known gap).
+    """
+
+    _BUSY, _DISCARD = 1 << 31, 1 << 30
+
+    def __init__(self, map_fd: int, data_pages: int) -> None:
+        page = mmap.PAGESIZE
+        self.fd = map_fd
+        self.size = data_pages * page
+        self._mask = self.size - 1
+        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                               offset=0)
+        self._prod = mmap.mmap(map_fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ,
+                               offset=page)
+        self._data_off = page
+        self._u64 = struct.Struct("<Q")
+        self._u32 = struct.Struct("<I")
+
+    def read(self, limit: int = 1 << 20) -> list[bytes]:
+        """Up to ``limit`` submitted samples, oldest first; frees their space."""
+        cons = self._u64.unpack_from(self._cons, 0)[0]
+        prod = self._u64.unpack_from(self._prod, 0)[0]
+        out: list[bytes] = []
+        data, base, mask = self._prod, self._data_off, self._mask
+        unpack = self._u32.unpack_from
+        while cons < prod and len(out) < limit:
+            off = base + (cons & mask)
+            hdr = unpack(data, off)[0]
+            if hdr & self._BUSY:
+                break
+            length = hdr & ~(self._BUSY | self._DISCARD)
+            if not hdr & self._DISCARD:
+                out.append(data[off + 8:off + 8 + length])
+            cons += (length + 8 + 7) & ~7
+        self._u64.pack_into(self._cons, 0, cons)
+        return out
+
+    def close(self) -> None:
+        self._cons.close()
+        self._prod.close()
+
+
 class CommKey(ct.Structure):
     _fields_ = [("comm", ct.c_char * 16)]
 
@@ -94,6 +211,9 @@ MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure] | Non
     "pids": (None, PidState),
     "stats": (StatsKey, StatsVal),
     "limits": (None, Limit),
+    "ev_filters": (None, EvFilter),
+    "ev_decode": (None, EvDecode),
+    "ev_inflight": (None, EvInflight),
     "rule_comm": (CommKey, None),
     "rule_path": (PathKey, None),
 }
@@ -110,7 +230,8 @@ class Limits:
     max_stats: int = 65536
     ringbuf_pages: int = 64
     max_rules: int = 1024
-    max_limits: int = 64  #: sessions with an in-kernel kill budget at once
+    max_limits: int = 64  #: session slots: sessions with a kill budget or events, at once
+    ev_ringbuf_pages: int = 2048  #: per-syscall event ring buffer (8 MiB of 4 KiB pages)
 
     @classmethod
     def for_this_kernel(cls, **overrides: int) -> Limits:
@@ -201,13 +322,14 @@ def _offset(struct: str, member: str) -> int:
         return -1  # the measure that needs it is then off (documented in syscount.h)
 
 
-def _memory_syscalls() -> list[str]:
-    """-D numbers of the syscalls whose arguments are memory requests, on this arch."""
+def _special_syscalls() -> list[str]:
+    """-D numbers of the syscalls the kernel side treats apart, on this arch: memory
+    requests (mmap, brk, mremap), calls that never return (exit, exit_group), and exec."""
     from .syscalls import table_for  # noqa: PLC0415 - only when loading
 
     table = table_for()
     out = []
-    for name in ("mmap", "brk", "mremap"):
+    for name in ("mmap", "brk", "mremap", "exit", "exit_group", "execve", "execveat"):
         nr = table.number(name)
         out.append(f"-DNR_{name.upper()}={-1 if nr is None else nr}")
     return out
@@ -238,6 +360,8 @@ class Probe:
         self._ncpus = 0
         self.exit_code_offset = -1
         self._batch_bufs: tuple[Any, Any] | None = None
+        self._sys_ring: RingReader | None = None
+        self._decode: dict[int, tuple[ArgRead, ...]] = {}
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> Probe:
@@ -258,7 +382,8 @@ class Probe:
             f"-DTASK_EXIT_CODE_OFF={exit_off}",
             f"-DTASK_MM_OFF={_offset('task_struct', 'mm')}",
             f"-DMM_BRK_OFF={_offset('mm_struct', 'brk')}",
-            *_memory_syscalls(),
+            f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
+            *_special_syscalls(),
             "-w",  # header-version warnings would land in the user's terminal
         ]
         try:
@@ -268,9 +393,20 @@ class Probe:
             raise BpfUnusable(f"cannot load the BPF programs: {first}") from None
         self._ncpus = len(bcc.utils.get_possible_cpus())
         self._bpf[b"events"].open_ring_buffer(self._on_event)
+        try:
+            from . import _strace  # noqa: PLC0415 - the signature tables, only when loading
+            from .syscalls import table_for  # noqa: PLC0415
+
+            self.set_decode(_strace.kernel_reads(table_for()))
+        except Exception:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
+        if self._sys_ring is not None:
+            self._sys_ring.close()
+            self._sys_ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -313,7 +449,7 @@ class Probe:
     # -- in-kernel limits ------------------------------------------------------------
     def set_limit(self, slot: int, rules: list[tuple[int, frozenset[int]]], sig: int) -> None:
         """Arm limits[slot]: each rule is (max calls, syscall numbers) counted together."""
-        if not 0 <= slot < self.limits.max_limits or not 0 < len(rules) <= LIMIT_RULES:
+        if not 0 <= slot < self.limits.max_limits or not 0 <= len(rules) <= LIMIT_RULES:
             raise TracerdError(f"limit slot {slot} with {len(rules)} rules is out of range")
         lim = Limit()
         for i, (most, nrs) in enumerate(rules):
@@ -333,6 +469,75 @@ class Probe:
 
     def clear_limit(self, slot: int) -> None:
         self._bpf[b"limits"][ct.c_int(slot)] = Limit()
+
+    # -- per-syscall events ------------------------------------------------------------
+    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> None:
+        """Processes under ``slot`` send an event per syscall in ``syscalls`` (None: all).
+        Resets the slot's lost counter."""
+        if not 0 <= slot < self.limits.max_limits:
+            raise TracerdError(f"session slot {slot} is out of range")
+        f = EvFilter()
+        f.enabled = 1
+        for w in range(_NR_MASK_WORDS):
+            f.mask[w] = (1 << 64) - 1 if syscalls is None else 0
+        for nr in syscalls or ():
+            if 0 <= nr < 64 * _NR_MASK_WORDS:
+                f.mask[nr // 64] |= 1 << (nr % 64)
+        self._bpf[b"ev_filters"][ct.c_int(slot)] = f
+
+    def clear_events(self, slot: int) -> None:
+        self._bpf[b"ev_filters"][ct.c_int(slot)] = EvFilter()
+
+    def events_lost(self, slot: int) -> int:
+        """Events of processes under ``slot`` the kernel could not record (ring full)."""
+        return int(self._bpf[b"ev_filters"][ct.c_int(slot)].lost)
+
+    def set_decode(self, plan: dict[int, tuple[ArgRead, ...]]) -> None:
+        """Which argument memory to copy into events, per syscall number."""
+        table = self._bpf[b"ev_decode"]
+        self._decode = {nr: reads[:_EV_DATA_ARGS] for nr, reads in plan.items()
+                        if 0 <= nr < _NR_DECODE and reads}
+        for nr, reads in self._decode.items():
+            table[ct.c_int(nr)] = _decode_entry(reads)
+
+    def sys_events_fd(self) -> int:
+        """Readable (poll/select) when syscall events are waiting."""
+        return self._ring().fd
+
+    def _ring(self) -> RingReader:
+        if self._sys_ring is None:
+            fd = self._bpf[b"sys_events"].map_fd
+            self._sys_ring = RingReader(fd, self.limits.ev_ringbuf_pages)
+        return self._sys_ring
+
+    def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
+        """Syscall events waiting in the ring, oldest first, as (session slot, event)."""
+        out: list[tuple[int, SyscallEvent]] = []
+        unpack = _SYS_EVENT.unpack_from
+        decode = self._decode
+        hdr_size = _SYS_EVENT.size
+        for raw in self._ring().read(limit):
+            (start, end, pid, tid, nr, slot, ret, a0, a1, a2, a3, a4, a5, flags, len0,
+             len1) = unpack(raw)
+            data: tuple[ArgData, ...] = ()
+            if len(raw) > hdr_size:
+                reads = decode.get(nr, ())
+                items = []
+                for i, (n, trunc, ok) in enumerate(((len0, flags & _SEF_TRUNC0,
+                                                      flags & _SEF_DATA0),
+                                                     (len1, flags & _SEF_TRUNC1,
+                                                      flags & _SEF_DATA1))):
+                    if i >= len(reads) or not ok:
+                        continue
+                    at = hdr_size + i * _EV_DATA_LEN
+                    items.append(ArgData(index=reads[i].index, kind=reads[i].kind,
+                                         value=raw[at:at + n], truncated=bool(trunc)))
+                data = tuple(items)
+            out.append((slot, SyscallEvent(
+                start_ns=start, end_ns=end, pid=pid, tid=tid, nr=nr,
+                ret=None if flags & _SEF_NO_RETURN else ret,
+                args=(a0, a1, a2, a3, a4, a5), data=data)))
+        return out
 
     def limit_process(self, pid: int, slot: int | None) -> bool:
         """Put a tracked process under limits[slot] (None: under none); False if it is

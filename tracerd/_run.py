@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .model import Drops, ExitStatus, ProcessInfo, Report
 
 if TYPE_CHECKING:
     from ._budgets import Assertion
+    from ._events import EventBatch, EventFilter, EventSubscriber
     from ._sessions import Violation
     from ._taskstats import ExitListener
 
@@ -196,7 +198,9 @@ def terminal_signals() -> Iterator[Callable[[int], None]]:
 
 def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
                 budget: Sequence[Assertion] = (), peak_rss: bool = False,
-                on_violation: Callable[[Violation], None] | None = None) -> Outcome:
+                on_violation: Callable[[Violation], None] | None = None,
+                events: EventFilter | None = None,
+                on_events: Callable[[EventBatch], None] | None = None) -> Outcome:
     """Trace CMD and every descendant until all have exited (or ``duration``).
 
     Runs on a hub of its own, the daemon's sessions code, so a local run and a run
@@ -221,12 +225,21 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
               exit_source=_exit_listener, on_violation=report_violation)
     local = Caller(name="local")
     opts = SessionOptions(duration_ms=round(duration * 1000) if duration else 0,
-                          per_process=True, budget=tuple(budget), peak_rss=peak_rss)
+                          per_process=True, budget=tuple(budget), peak_rss=peak_rss,
+                          events=events is not None,
+                          event_syscalls=(events.syscalls or None) if events else None)
     sid: list[str] = []
+    readers: list[threading.Thread] = []
 
     def register(pid: int, _path: str) -> None:
         try:
             sid.append(hub.start(local, SpawnedTarget(pid=pid, argv=tuple(argv)), opts).id)
+            if events is not None and on_events is not None:
+                # Subscribed before CMD runs: its first event (the execve) included.
+                sub = hub.subscribe_events(local, sid[0], events)
+                readers.append(threading.Thread(target=_deliver, args=(sub, on_events),
+                                                name="tracerd-event-sink", daemon=True))
+                readers[0].start()
         except RequestError as e:
             raise TracerdError(str(e)) from None
 
@@ -248,6 +261,8 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
             wpid, st = os.waitpid(pid, 0 if ended else os.WNOHANG)
             wait_status = st if wpid else None
         _, report = hub.report(local, sess.id)
+        for t in readers:
+            t.join()
         exit = ExitStatus.from_wait_status(wait_status) if wait_status is not None else None
         if exit is not None:
             report.exit = exit
@@ -257,6 +272,17 @@ def run_command(probe: Probe, argv: list[str], *, duration: float | None = None,
         # still what tracerd returns, once the caller has written the summary.
         return Outcome(report=report, status=exit.shell_status() if exit else 0,
                        interrupted=report.interrupted, running_pid=None if exit else pid)
+
+
+def _deliver(sub: EventSubscriber, sink: Callable[[EventBatch], None]) -> None:
+    """Hand a subscriber's batches to ``sink`` until the last one."""
+    while True:
+        batch = sub.next_batch(timeout_s=0.5)
+        if batch is None:
+            continue
+        sink(batch)
+        if batch.last:
+            return
 
 
 def _exit_listener() -> ExitListener:

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from . import _procfs, syscalls
 from ._budgets import Assertion, Evaluator, Result, Sample, matching_syscalls, newly_failed
+from ._events import EventChannel, EventFilter, EventSubscriber
 from .model import (
     EV_EXEC,
     EV_EXIT,
@@ -44,6 +45,7 @@ from .model import (
     LifecycleEvent,
     ProcessInfo,
     Report,
+    SyscallEvent,
     SyscallStats,
 )
 
@@ -75,6 +77,11 @@ class ProbeLike(Protocol):
     def clear_limit(self, slot: int) -> None: ...
     def limit_process(self, pid: int, slot: int | None) -> bool: ...
     def limit_slot(self, pid: int) -> int | None: ...
+    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> None: ...
+    def clear_events(self, slot: int) -> None: ...
+    def events_lost(self, slot: int) -> int: ...
+    def sys_events_fd(self) -> int: ...
+    def read_sys_events(self, limit: int = ...) -> list[tuple[int, SyscallEvent]]: ...
 
 
 class LimitStateLike(Protocol):
@@ -156,6 +163,10 @@ class SessionOptions:
     budget: tuple[Assertion, ...] = ()  #: evaluated on every drain and at the end
     #: measure each process's peak RSS (VmHWM while alive, taskstats at exit)
     peak_rss: bool = False
+    #: record one event per syscall (StreamEvents); costs more than counting
+    events: bool = False
+    event_syscalls: frozenset[int] | None = None  #: syscalls with events; None: all
+    event_spec: tuple[str, ...] = ()  #: the event filter as the client wrote it
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,8 @@ class HubLimits:
     max_interval_ms: int = 3_600_000
     max_finished_sessions: int = 256
     max_duration_ms: int = 30 * 24 * 3600 * 1000
-    max_limits: int = 64  #: in-kernel limit slots (sessions with a kill count budget)
+    max_limits: int = 64  #: kernel session slots (sessions with a kill budget or events)
+    event_backlog: int = 1 << 20  #: events kept for an events session nobody streams yet
 
 
 class State(Enum):
@@ -215,7 +227,8 @@ class _Budget:
     evaluator: Evaluator
     assertions: tuple[Assertion, ...]
     results: list[Result] = field(default_factory=list)
-    slot: int | None = None  #: in-kernel limit slot
+    #: the in-kernel count rules this budget wants in the session's slot
+    rules: list[tuple[int, frozenset[int]]] = field(default_factory=list)
     #: assertion index -> its rules in the slot: (rule index, max calls); killed in kernel
     kernel: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     signalled: set[str] = field(default_factory=set)  #: assertions whose action was taken
@@ -242,6 +255,9 @@ class Session:
     final: Report | None = None
     watchers: list[Watcher] = field(default_factory=list)
     budget: _Budget | None = None
+    #: session slot in the kernel (limits[] and ev_filters[]): kill budgets and events
+    slot: int | None = None
+    events: EventChannel | None = None
 
     @property
     def follows_children(self) -> bool:
@@ -449,7 +465,7 @@ class Hub:
         self.on_violation = on_violation or _log_violation
         #: peak RSS by pid, for processes of sessions that measure it
         self._peaks: dict[int, int] = {}
-        #: free in-kernel limit slots, least recently used first (see _end_budget)
+        #: free in-kernel limit slots, least recently used first (see _release_slot)
         self._free_slots: deque[int] = deque(range(self.limits.max_limits))
         self._slot_owner: dict[int, Session] = {}
         #: exec rule -> the limit slot its kernel value hands out (the first session's)
@@ -468,6 +484,9 @@ class Hub:
         self.pids_over_limit = 0  #: forks not tracked because max_tracked_pids was reached
         self._last_liveness_ns = 0
         self.closed = False
+        #: serialises reading the syscall event ring (pump thread and _finish)
+        self._ev_lock = threading.Lock()
+        self._pump: threading.Thread | None = None
         uname = os.uname()
         self.arch, self.kernel = uname.machine, uname.release
         table = syscalls.table_for()
@@ -569,8 +588,9 @@ class Hub:
                 if options.budget:
                     self._check_budget(target, options)
                     sess.budget = self._new_budget(options)
-                    if sess.budget.slot is not None:
-                        self._slot_owner[sess.budget.slot] = sess
+                if options.events:
+                    sess.events = EventChannel(self.limits.event_backlog)
+                self._take_slot(sess)
                 if options.peak_rss:
                     self._open_exits()
                 if isinstance(target, PidTarget | SpawnedTarget):
@@ -583,7 +603,7 @@ class Hub:
                 # Half-started: whatever it tracked or added to the kernel goes again,
                 # so a refused request never leaves a tracked pid or a rule behind.
                 self._drop_rules(sess)
-                self._end_budget(sess)
+                self._release_slot(sess)
                 self._close_exits(sess)
                 self._release_unwanted()
                 raise
@@ -626,17 +646,39 @@ class Hub:
                 continue
             b.kernel[i] = [(len(rules) + k, most) for k, (most, _) in enumerate(wanted)]
             rules += wanted
-        if rules and self._free_slots:
-            slot = self._free_slots.popleft()
-            try:
-                self.probe.set_limit(slot, rules, signal.SIGKILL)
-            except Exception as e:
-                self._free_slots.appendleft(slot)
-                raise RequestError(ErrorKind.EXHAUSTED, f"in-kernel limit: {e}") from None
-            b.slot = slot
-        else:
-            b.kernel.clear()
+        b.rules = rules
         return b
+
+    def _take_slot(self, sess: Session) -> None:
+        """A kernel session slot for the kill rules of its budget and its events.
+
+        Without a free slot, kills are sent from user space (the results say so) and
+        an events session is refused: events need the kernel's filter.
+        """
+        b = sess.budget
+        rules = b.rules if b is not None else []
+        if not rules and sess.events is None:
+            return
+        if not self._free_slots:
+            if b is not None:
+                b.kernel.clear()
+            if sess.events is not None:
+                raise RequestError(ErrorKind.EXHAUSTED, "options.events: every kernel session "
+                                   f"slot is taken ({self.limits.max_limits})")
+            return
+        slot = self._free_slots.popleft()
+        try:
+            self.probe.set_limit(slot, rules, signal.SIGKILL)
+            if sess.events is not None:
+                self.probe.set_events(slot, sess.options.event_syscalls)
+        except Exception as e:
+            self.probe.clear_limit(slot)
+            self._free_slots.appendleft(slot)
+            raise RequestError(ErrorKind.EXHAUSTED, f"kernel session slot: {e}") from None
+        sess.slot = slot
+        self._slot_owner[slot] = sess
+        if sess.events is not None:
+            self._start_pump()
 
     def _check_budget(self, target: Target, options: SessionOptions) -> None:
         if isinstance(target, ExecRuleTarget | CgroupTarget):
@@ -650,7 +692,7 @@ class Hub:
         """Put new members under the session's in-kernel limit. A process already under
         another session's limit stays there (one slot per process); this session's
         kill then reaches it from user space, at the drain that sees the violation."""
-        slot = sess.budget.slot if sess.budget else None
+        slot = sess.slot
         if slot is None:
             return
         for pid in pids:
@@ -668,30 +710,29 @@ class Hub:
         owner = self._slot_owner.get(cur)
         if owner is not None and pid in owner.members:
             return
-        mine = [s.budget.slot for s in self._running()
-                if pid in s.members and s.budget is not None and s.budget.slot is not None]
+        mine = [s.slot for s in self._running() if pid in s.members and s.slot is not None]
         self.probe.limit_process(pid, mine[0] if mine else None)
 
-    def _end_budget(self, sess: Session) -> None:
-        b = sess.budget
-        if b is None:
+    def _release_slot(self, sess: Session) -> None:
+        if sess.slot is None:
             return
-        if b.slot is not None:
-            for pid in [*self.procs, *self._limbo]:
-                if self.probe.limit_slot(pid) == b.slot:
-                    self.probe.limit_process(pid, None)
-            # Exec rules still used by other sessions must not hand this slot out.
-            for rule, slot in list(self._rule_slot.items()):
-                if slot == b.slot:
-                    self._rule_slot[rule] = None
-                    if rule in self._rules:
-                        self.probe.add_rule(*rule, slot=None)
-            self.probe.clear_limit(b.slot)
-            self._slot_owner.pop(b.slot, None)
-            # Reused last: a fork still in flight when the slot was cleared may carry
-            # it into a process the hub has not seen yet (known race, made rare).
-            self._free_slots.append(b.slot)
-            b.slot = None
+        for pid in [*self.procs, *self._limbo]:
+            if self.probe.limit_slot(pid) == sess.slot:
+                self.probe.limit_process(pid, None)
+        # Exec rules still used by other sessions must not hand this slot out.
+        for rule, slot in list(self._rule_slot.items()):
+            if slot == sess.slot:
+                self._rule_slot[rule] = None
+                if rule in self._rules:
+                    self.probe.add_rule(*rule, slot=None)
+        self.probe.clear_limit(sess.slot)
+        if sess.events is not None:
+            self.probe.clear_events(sess.slot)
+        self._slot_owner.pop(sess.slot, None)
+        # Reused last: a fork still in flight when the slot was cleared may carry
+        # it into a process the hub has not seen yet (known race, made rare).
+        self._free_slots.append(sess.slot)
+        sess.slot = None
 
     def _evaluate(self, sess: Session, procs: dict[int, ProcessInfo], now: int, *,
                   final: bool = False) -> list[Result]:
@@ -703,7 +744,7 @@ class Hub:
                         peak_rss_bytes={pid: p.peak_rss_bytes for pid, p in procs.items()
                                         if p.peak_rss_bytes is not None})
         results = b.evaluator.update(sample)
-        state = self.probe.read_limit(b.slot) if b.slot is not None else None
+        state = self.probe.read_limit(sess.slot) if sess.slot is not None and b.rules else None
         for i, r in enumerate(results):
             if state is not None and i in b.kernel:
                 # From the kernel's own counter: the calls entered beyond the budget (the
@@ -747,6 +788,54 @@ class Hub:
         for pid in list(sess.members):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 self._kill(pid, sig)
+
+    # ------------------------------------------------------------------ events
+    def subscribe_events(self, caller: Caller, session_id: str, flt: EventFilter,
+                         queue_max: int | None = None) -> EventSubscriber:
+        """A subscriber to an events session's syscall events (its backlog first)."""
+        with self.lock:
+            sess = self._session(caller, session_id)
+            if sess.events is None:
+                raise RequestError(ErrorKind.PRECONDITION, f"session {session_id} was not "
+                                   "started with events (options.events)")
+            return sess.events.subscribe(flt, queue_max or self.limits.event_backlog)
+
+    def pump_events(self, limit: int = 1 << 16) -> int:
+        """Route the syscall events waiting in the kernel to their sessions; how many."""
+        with self._ev_lock:
+            batch = self.probe.read_sys_events(limit)
+            if not batch:
+                return 0
+            by_slot: dict[int, list[SyscallEvent]] = {}
+            for slot, ev in batch:
+                by_slot.setdefault(slot, []).append(ev)
+            for slot, events in by_slot.items():
+                # Read without the hub lock: a dict lookup; a slot is released only
+                # after _finish pumped its last events under this same lock.
+                sess = self._slot_owner.get(slot)
+                if sess is not None and sess.events is not None:
+                    sess.events.offer(events, self.probe.events_lost(slot))
+            return len(batch)
+
+    def _start_pump(self) -> None:
+        if self._pump is not None and self._pump.is_alive():
+            return
+        self._pump = threading.Thread(target=self._pump_loop, name="tracerd-events",
+                                      daemon=True)
+        self._pump.start()
+
+    def _pump_loop(self) -> None:
+        """Reads the event ring as soon as it has records (poll on its fd), until no
+        events session is left. Never takes the hub lock: the drain is not slowed."""
+        import select  # noqa: PLC0415 - this thread only
+
+        fd = self.probe.sys_events_fd()
+        while not self.closed:
+            select.select([fd], [], [], 0.05)
+            while self.pump_events() >= 1 << 16:
+                pass  # more waiting: read on before sleeping
+            if not any(s.events is not None for s in list(self._slot_owner.values())):
+                return
 
     def _open_exits(self) -> None:
         """Listen to taskstats exit records while some session measures peak RSS."""
@@ -887,7 +976,7 @@ class Hub:
     def _add_rules(self, sess: Session, rules: list[tuple[str, str | int]]) -> None:
         added: list[tuple[str, str | int]] = []
         try:
-            slot = sess.budget.slot if sess.budget else None
+            slot = sess.slot
             for rule in rules:
                 if self._rules.get(rule, 0) == 0:
                     # A rule shared with a later session keeps this one's slot (if any);
@@ -966,9 +1055,14 @@ class Hub:
             final.budget = self._evaluate(sess, final.processes, now, final=True)
         sess.final = final
         sess.state, sess.end_ns, sess.end_reason = state, now, reason
+        if sess.events is not None and sess.slot is not None:
+            # Every event its processes made is in the ring by now (they exited, or
+            # the session stopped counting): route them before the slot goes.
+            self.pump_events()
+            sess.events.close(self.probe.events_lost(sess.slot))
         sess.members.clear()
         self._drop_rules(sess)
-        self._end_budget(sess)
+        self._release_slot(sess)
         self._close_exits(sess)
         self._release_unwanted()
         summary = self.summary(sess)

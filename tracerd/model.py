@@ -181,6 +181,18 @@ class ArgData:
 
 
 @dataclass(frozen=True)
+class ArgRead:
+    """Which argument's user memory the kernel copies into a syscall's events."""
+
+    index: int  #: argument holding the pointer
+    kind: ArgKind
+    at_exit: bool  #: meaningful only after the call (an output buffer or address)
+    #: argument holding the length; -1: the return value (BUFFER at exit), the socklen_t
+    #: pointer that follows the address (SOCKADDR at exit), or up to the copy's size
+    len_index: int = -1
+
+
+@dataclass(frozen=True)
 class SyscallEvent:
     """One syscall of a process in an events session, as the kernel recorded it.
 
