@@ -19,6 +19,7 @@ demo: setup ## trace the bundled sample workload and print the strace -c style s
 
 test: setup lint typecheck proto-check golden-check budget-check ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check
+	$(PY) tools/gen_signatures.py --check
 	$(PY) -m pytest -q -ra tests
 
 # Each example's golden file records its command; compare reruns it (exit 3: regression).
@@ -50,8 +51,9 @@ typecheck: setup ## mypy (strict)
 
 check: lint typecheck ## lint and type-check
 
-syscalls: setup ## regenerate the syscall tables from tools/syscall-tables/
+syscalls: setup ## regenerate the syscall tables and signatures (kernel headers needed)
 	$(PY) tools/gen_syscalls.py
+	$(PY) tools/gen_signatures.py
 
 proto: setup ## regenerate tracerd/v1/ from proto/tracerd/v1/*.proto
 	$(PY) tools/gen_proto.py

@@ -17,6 +17,7 @@ from .golden import EXIT_REGRESSION
 
 if TYPE_CHECKING:
     from ._sessions import Violation
+    from .model import Report
 
 _RUN_EPILOG = """\
 exit status: CMD's own (128+N if killed by signal N); tracerd's own errors:
@@ -79,12 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare this run with a golden file; exit 3 on regression")
     run.add_argument("--budget", metavar="FILE",
                      help="evaluate renacer.toml-style [[assertion]]s; exit 5 when one fails")
+    ev = run.add_argument_group("per-syscall events (strace-style; -e selects them in kernel)")
+    ev.add_argument("--events", action="store_true",
+                    help="print one line per syscall (with --json: the events document) "
+                         "instead of the summary")
+    ev.add_argument("-f", "--follow-forks", action="store_true",
+                    help="--events: prefix lines of other threads/processes with [pid N]")
+    ev.add_argument("--summary", action="store_true",
+                    help="--events: print the summary after the events too (strace -C)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="CMD [ARGS...]")
     run.set_defaults(func=_cmd_run)
     _cli_daemon.add_client_options(run, optional=True)
     _cli_golden.add_golden(sub, _positive_int)
     _cli_daemon.add_serve(sub)
     _cli_daemon.add_sessions(sub)
+    # Parsed by tracerd.enrich itself (main() hands it over); listed here for --help.
+    sub.add_parser("enrich", add_help=False,
+                   help="attribute syscall events to the functions of a debugger's timeline")
     return parser
 
 
@@ -100,6 +112,14 @@ def _syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
 
 def _say_violation(v: Violation) -> None:
     print(_cli_daemon.violation_line(v), file=sys.stderr, flush=True)
+
+
+def _exit_line(report: Report) -> str | None:
+    """strace's last line for the traced command."""
+    e = report.exit
+    if e is None:
+        return None
+    return f"+++ {e.describe()} +++"
 
 
 def _say_attached(pid: int) -> None:
@@ -124,6 +144,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            "--duration", EXIT_USAGE)
     if args.budget and args.pid is not None:
         raise TracerdError("--budget needs a command to run, not -p", EXIT_USAGE)
+    if args.events and (args.pid is not None or wants_golden):
+        raise TracerdError("--events needs a command to run: not with -p, --save-golden or "
+                           "--against", EXIT_USAGE)
     baseline = _cli_golden.load(args.against) if args.against else None
     budget = _cli_daemon.load_budget(args.budget)
     if command:
@@ -135,9 +158,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            "combined with -p or --max-stats", EXIT_USAGE)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
     with _cli_golden.output(args.output) as out:
+        writer = flt = None
+        if args.events:
+            from ._cli_events import EventWriter  # noqa: PLC0415
+            from ._events import EventFilter  # noqa: PLC0415
+
+            writer = EventWriter(out, syscalls.table_for(arch), as_json=args.json,
+                                 follow=args.follow_forks, program=command)
+            flt = EventFilter(syscalls=keep or frozenset())
         if args.remote is not None:
             report, status, why, running = _cli_daemon.run_remote(
-                args, command, budget, peak_rss=wants_golden)
+                args, command, budget, peak_rss=wants_golden, on_events=writer)
             outcome = Outcome(report=report, status=status, interrupted=why, running_pid=running)
         else:
             with Probe(Limits.for_this_kernel(**overrides)) as probe:
@@ -147,9 +178,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 else:
                     outcome = run_command(probe, command, duration=args.duration,
                                           budget=budget, peak_rss=wants_golden,
-                                          on_violation=_say_violation)
+                                          on_violation=_say_violation, events=flt,
+                                          on_events=writer)
         report = filter_report(outcome.report, keep)
-        _cli_daemon.print_report(report, args, out)
+        if writer is not None:
+            writer.close(exit_line=_exit_line(outcome.report))
+        if writer is None or (args.summary and not args.json):
+            _cli_daemon.print_report(report, args, out)
     # Only once the summary is complete on disk: a script waiting for this line may
     # read the file at once.
     if outcome.interrupted:
@@ -166,6 +201,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["enrich"]:
+        from . import enrich  # noqa: PLC0415 - its own parser and exit statuses
+
+        return enrich.main(argv[1:])
     command: list[str] | None = None
     if argv[:1] == ["golden"] and "--" in argv:
         # argparse cannot take an optional after FILE and then a command: split it off here.

@@ -7,8 +7,9 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -24,6 +25,7 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._budgets import Assertion
+    from ._events import EventBatch
     from ._sessions import SessionSummary, Violation
     from .client import Client
     from .model import Report, SyscallStats
@@ -152,6 +154,10 @@ def add_sessions(sub: Any) -> None:
     start.add_argument("--label", default="", help="free-form label")
     start.add_argument("--budget", metavar="FILE",
                        help="renacer.toml-style [[assertion]]s the daemon evaluates (README)")
+    start.add_argument("--events", action="store_true",
+                       help="record one event per syscall (see `sessions events`)")
+    start.add_argument("--event-syscalls", action="append", default=[], metavar="SPEC",
+                       help="--events: only for these syscalls (default: those counted)")
     start.add_argument("--peak-rss", action="store_true",
                        help="measure each process's peak RSS (for golden traces of the session)")
 
@@ -164,6 +170,15 @@ def add_sessions(sub: Any) -> None:
     rep.add_argument("--percentiles", action="store_true", help="p50/p99 latency columns")
     rep.add_argument("--fail-interrupted", action="store_true",
                      help=f"exit {EXIT_INTERRUPTED} if the session was interrupted")
+    ev = cmd("events", "stream a session's syscall events (started with --events)",
+             _cmd_events)
+    ev.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stderr")
+    ev.add_argument("-f", "--follow-forks", action="store_true",
+                    help="prefix lines of other threads/processes with [pid N]")
+    ev.add_argument("-e", "--syscalls", action="append", default=[], metavar="SPEC",
+                    help="only these syscalls (names or classes, as for run -e)")
+    ev.add_argument("--pid", type=int, action="append", help="only this process (repeatable)")
+    ev.add_argument("--tid", type=int, action="append", help="only this thread (repeatable)")
     w = cmd("watch", "stream a session's aggregates until it ends", _cmd_watch)
     w.add_argument("--interval", type=int, default=1000, metavar="MS",
                    help="milliseconds between updates (default 1000)")
@@ -228,7 +243,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     opts = SessionOptions(duration_ms=int((args.duration or 0) * 1000),
                           syscall_spec=tuple(args.syscalls), per_process=args.per_process,
                           label=args.label, budget=load_budget(args.budget),
-                          peak_rss=args.peak_rss)
+                          peak_rss=args.peak_rss, events=args.events,
+                          event_spec=tuple(args.event_syscalls))
     with connect(args) as client:
         s = client.start(target, opts)
     if args.json:
@@ -382,7 +398,9 @@ def _stats_json(stats: dict[int, SyscallStats], name_of: Callable[[int], str]) -
 
 
 def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Assertion, ...] = (),
-               *, peak_rss: bool = False) -> tuple[Report, int, str | None, int | None]:
+               *, peak_rss: bool = False,
+               on_events: Callable[[EventBatch], None] | None = None,
+               ) -> tuple[Report, int, str | None, int | None]:
     """``tracerd run --remote``: the daemon traces CMD, spawned here exactly as ``run`` does.
 
     Returns (report, CMD's status if it exited, interrupted reason, pid still running).
@@ -394,15 +412,22 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
 
     opts = SessionOptions(duration_ms=int((getattr(args, "duration", None) or 0) * 1000),
                           syscall_spec=tuple(getattr(args, "syscalls", ())), per_process=True,
-                          budget=budget, peak_rss=peak_rss)
+                          budget=budget, peak_rss=peak_rss, events=on_events is not None)
     clients: list[Client] = []
     sid: list[str] = []
+    readers: list[threading.Thread] = []
 
     def register(pid: int, _path: str) -> None:
         # Connected only once CMD is forked: a child forked after gRPC has started its
         # threads runs gRPC's fork handlers, whose futex/epoll calls would be counted.
         clients.append(connect(args))
         sid.append(clients[0].start_spawned(pid, command, opts).id)
+        if on_events is not None:
+            # Subscribed before CMD is let go, so the stream starts at its execve.
+            stream = clients[0].stream_events(sid[0])
+            readers.append(threading.Thread(target=_forward, args=(stream, on_events),
+                                            name="tracerd-events", daemon=True))
+            readers[0].start()
 
     with terminal_signals() as forward:
         try:
@@ -414,6 +439,8 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
                     final = ev
                 elif isinstance(ev, Violation):
                     print(violation_line(ev), file=sys.stderr, flush=True)
+            for t in readers:
+                t.join()
         finally:
             for c in clients:
                 c.close()
@@ -431,3 +458,37 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
                 report.processes[pid].exit = exit
             return report, exit.shell_status(), report.interrupted, None
         return report, 0, report.interrupted, pid
+
+
+def _forward(stream: Iterator[EventBatch], sink: Callable[[EventBatch], None]) -> None:
+    for batch in stream:
+        sink(batch)
+        if batch.last:
+            return
+
+
+# ---------------------------------------------------------------------- sessions events
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from ._cli_events import EventWriter  # noqa: PLC0415
+    from ._cli_golden import output  # noqa: PLC0415
+    from ._events import EventFilter  # noqa: PLC0415
+
+    arch = syscalls.current_arch()
+    try:
+        keep = syscalls.resolve([e.removeprefix("trace=") for e in args.syscalls], arch) \
+            if args.syscalls else frozenset()
+    except ValueError as e:
+        raise TracerdError(str(e), EXIT_USAGE) from None
+    flt = EventFilter(syscalls=keep, pids=frozenset(args.pid or ()),
+                      tids=frozenset(args.tid or ()))
+    with output(args.output) as out, connect(args) as client:
+        writer = EventWriter(out, syscalls.table_for(arch), as_json=args.json,
+                             follow=args.follow_forks, program=[f"session {args.session_id}"])
+        try:
+            for batch in client.stream_events(args.session_id, flt):
+                writer(batch)
+        finally:
+            writer.close()
+    return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _budgets, syscalls
 from ._budgets import Assertion, Result
+from ._events import EventBatch, EventFilter
 from ._sessions import (
     CgroupTarget,
     ErrorKind,
@@ -26,7 +27,17 @@ from ._sessions import (
     View,
     Violation,
 )
-from .model import HIST_BUCKETS, Drops, ExitStatus, ProcessInfo, Report, SyscallStats
+from .model import (
+    HIST_BUCKETS,
+    ArgData,
+    ArgKind,
+    Drops,
+    ExitStatus,
+    ProcessInfo,
+    Report,
+    SyscallEvent,
+    SyscallStats,
+)
 from .v1 import tracerd_pb2 as pb
 
 NameOf = Callable[[int], str]
@@ -224,28 +235,38 @@ def target_to_pb(t: Target) -> pb.Target:
     return pb.Target(spawned=pb.SpawnedTarget(pid=t.pid, argv=list(t.argv)))
 
 
-def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOptions:
-    spec = tuple(m.syscalls)
-    keep = None
+def syscall_filter_from_pb(spec: Sequence[str], field: str,
+                           arch: str | None = None) -> frozenset[int] | None:
+    """Syscall names and classes a client sent; None when the list is empty."""
     if len(spec) > MAX_FILTER_ITEMS or any(len(item) > 4096 for item in spec):
-        raise RequestError(ErrorKind.INVALID, f"options.syscalls: more than {MAX_FILTER_ITEMS} "
+        raise RequestError(ErrorKind.INVALID, f"{field}: more than {MAX_FILTER_ITEMS} "
                            "entries, or an entry longer than 4096 characters")
     if any(not item.strip(" ,") for item in spec):
-        raise RequestError(ErrorKind.INVALID, "options.syscalls: an empty entry selects nothing")
-    if spec:
-        try:
-            keep = syscalls.resolve(spec, arch)
-        except ValueError as e:
-            raise RequestError(ErrorKind.INVALID, f"options.syscalls: {e}") from None
+        raise RequestError(ErrorKind.INVALID, f"{field}: an empty entry selects nothing")
+    if not spec:
+        return None
+    try:
+        return syscalls.resolve(spec, arch)
+    except ValueError as e:
+        raise RequestError(ErrorKind.INVALID, f"{field}: {e}") from None
+
+
+def options_from_pb(m: pb.SessionOptions, arch: str | None = None) -> SessionOptions:
+    spec = tuple(m.syscalls)
+    keep = syscall_filter_from_pb(spec, "options.syscalls", arch)
+    ev_spec = tuple(m.event_syscalls)
+    ev_keep = syscall_filter_from_pb(ev_spec, "options.event_syscalls", arch)
     return SessionOptions(duration_ms=m.duration_ms, syscalls=keep, syscall_spec=spec,
                           per_process=m.per_process, label=m.label,
-                          budget=budget_from_pb(m.budget), peak_rss=m.peak_rss)
+                          budget=budget_from_pb(m.budget), peak_rss=m.peak_rss,
+                          events=m.events, event_syscalls=ev_keep, event_spec=ev_spec)
 
 
 def options_to_pb(o: SessionOptions) -> pb.SessionOptions:
     return pb.SessionOptions(duration_ms=o.duration_ms, syscalls=list(o.syscall_spec),
                              per_process=o.per_process, label=o.label,
-                             budget=budget_to_pb(o.budget), peak_rss=o.peak_rss)
+                             budget=budget_to_pb(o.budget), peak_rss=o.peak_rss,
+                             events=o.events, event_syscalls=list(o.event_spec))
 
 
 def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
@@ -260,7 +281,8 @@ def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
     opts = SessionOptions(duration_ms=m.options.duration_ms, syscall_spec=spec,
                           per_process=m.options.per_process, label=m.options.label,
                           budget=budget_from_pb(m.options.budget),
-                          peak_rss=m.options.peak_rss)
+                          peak_rss=m.options.peak_rss, events=m.options.events,
+                          event_spec=tuple(m.options.event_syscalls))
     return SessionSummary(id=m.session_id, state=_STATE_FROM_PB.get(m.state, State.RUNNING),
                           target=target_from_pb(m.target), options=opts, owner=m.owner,
                           start_ns=m.start_ns, end_ns=m.end_ns, end_reason=m.end_reason,
@@ -274,3 +296,47 @@ def view_to_pb(seq: int, view: View, missed: int, delta: Mapping[int, SyscallSta
     return pb.Update(seq=seq, ts_ns=view.ts_ns, missed=missed, delta=stats_to_pb(delta, name_of),
                      totals=stats_to_pb(view.totals, name_of), processes=procs,
                      drops=drops_to_pb(view.drops))
+
+
+# ---------------------------------------------------------------------- events
+
+
+def event_filter_from_pb(m: pb.EventFilter, arch: str | None = None) -> EventFilter:
+    for name, items in (("pids", m.pids), ("tids", m.tids)):
+        if len(items) > MAX_FILTER_ITEMS:
+            raise RequestError(ErrorKind.INVALID, f"filter.{name}: more than "
+                               f"{MAX_FILTER_ITEMS} entries")
+    keep = syscall_filter_from_pb(tuple(m.syscalls), "filter.syscalls", arch)
+    return EventFilter(syscalls=keep or frozenset(), pids=frozenset(m.pids),
+                       tids=frozenset(m.tids))
+
+
+def event_filter_to_pb(f: EventFilter, name_of: NameOf) -> pb.EventFilter:
+    return pb.EventFilter(syscalls=sorted(name_of(nr) for nr in f.syscalls),
+                          pids=sorted(f.pids), tids=sorted(f.tids))
+
+
+def event_to_pb(e: SyscallEvent, name_of: NameOf) -> pb.SyscallEvent:
+    return pb.SyscallEvent(
+        start_ns=e.start_ns, end_ns=e.end_ns, pid=e.pid, tid=e.tid, nr=e.nr,
+        name=name_of(e.nr), return_value=e.ret or 0, returned=e.ret is not None,
+        args=list(e.args),
+        data=[pb.ArgData(index=d.index, kind=int(d.kind),  # type: ignore[arg-type]
+                         value=d.value, truncated=d.truncated) for d in e.data])
+
+
+def event_from_pb(m: pb.SyscallEvent) -> SyscallEvent:
+    return SyscallEvent(start_ns=m.start_ns, end_ns=m.end_ns, pid=m.pid, tid=m.tid, nr=m.nr,
+                        ret=m.return_value if m.returned else None, args=tuple(m.args),
+                        data=tuple(ArgData(index=d.index, kind=ArgKind(d.kind), value=d.value,
+                                           truncated=d.truncated) for d in m.data))
+
+
+def batch_to_pb(b: EventBatch, name_of: NameOf) -> pb.EventBatch:
+    return pb.EventBatch(events=[event_to_pb(e, name_of) for e in b.events],
+                         kernel_lost=b.kernel_lost, dropped=b.dropped, lost=b.lost, last=b.last)
+
+
+def batch_from_pb(m: pb.EventBatch) -> EventBatch:
+    return EventBatch(events=[event_from_pb(e) for e in m.events], kernel_lost=m.kernel_lost,
+                      dropped=m.dropped, last=m.last)

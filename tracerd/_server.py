@@ -228,6 +228,23 @@ class Servicer(pb_grpc.TracerServicer):
             if w.closed:
                 return
 
+    def StreamEvents(self, request: pb.StreamEventsRequest,
+                     context: grpc.ServicerContext) -> Iterator[pb.EventBatch]:
+        flt = self._call(context, lambda _c: _convert.event_filter_from_pb(request.filter))
+        sub = self._call(context, lambda caller: self.hub.subscribe_events(
+            caller, request.session_id, flt, request.queue or None))
+        if not context.add_callback(sub.close):
+            sub.close()
+            return
+        most = request.max_batch or 4096
+        while context.is_active():
+            batch = sub.next_batch(most, timeout_s=0.25)
+            if batch is None:
+                continue
+            yield _convert.batch_to_pb(batch, self.name_of)
+            if batch.last:
+                return
+
 
 # ---------------------------------------------------------------------- sockets
 

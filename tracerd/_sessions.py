@@ -165,7 +165,8 @@ class SessionOptions:
     peak_rss: bool = False
     #: record one event per syscall (StreamEvents); costs more than counting
     events: bool = False
-    event_syscalls: frozenset[int] | None = None  #: syscalls with events; None: all
+    #: syscalls with events; None: those the session counts (options.syscalls)
+    event_syscalls: frozenset[int] | None = None
     event_spec: tuple[str, ...] = ()  #: the event filter as the client wrote it
 
 
@@ -670,7 +671,9 @@ class Hub:
         try:
             self.probe.set_limit(slot, rules, signal.SIGKILL)
             if sess.events is not None:
-                self.probe.set_events(slot, sess.options.event_syscalls)
+                o = sess.options  # events default to the syscalls the session counts
+                self.probe.set_events(slot, o.event_syscalls if o.event_syscalls is not None
+                                      else o.syscalls)
         except Exception as e:
             self.probe.clear_limit(slot)
             self._free_slots.appendleft(slot)

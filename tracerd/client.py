@@ -23,9 +23,10 @@ from types import TracebackType
 
 import grpc
 
-from . import _convert
+from . import _convert, syscalls
 from ._config import DEFAULT_SOCKET
 from ._errors import TracerdError
+from ._events import EventBatch, EventFilter
 from ._sessions import (
     CgroupTarget,
     ExecRuleTarget,
@@ -44,6 +45,8 @@ from .v1 import tracerd_pb2_grpc as pb_grpc
 __all__ = [
     "Client",
     "ClientError",
+    "EventBatch",
+    "EventFilter",
     "Final",
     "SessionSummary",
     "State",
@@ -203,6 +206,22 @@ class Client:
         except grpc.RpcError as e:
             raise self._err(e) from None
         return _convert.summary_from_pb(resp.session), _convert.report_from_pb(resp.report)
+
+    def stream_events(self, session_id: str, flt: EventFilter | None = None, *,
+                      max_batch: int = 0, queue: int = 0) -> Iterator[EventBatch]:
+        """Batches of a session's syscall events until the one marked ``last``."""
+        req = pb.StreamEventsRequest(
+            session_id=session_id, max_batch=max_batch, queue=queue,
+            filter=_convert.event_filter_to_pb(flt or EventFilter(),
+                                               syscalls.table_for().name))
+        stream = self._stub.StreamEvents(req, metadata=self._metadata)
+        try:
+            for m in stream:
+                yield _convert.batch_from_pb(m)
+        except grpc.RpcError as e:
+            raise self._err(e) from None
+        finally:
+            stream.cancel()
 
     def watch(self, session_id: str, interval_ms: int = 1000,
               per_process: bool = False) -> Iterator[WatchEvent]:

@@ -57,6 +57,34 @@ SESSION_STATE_INTERRUPTED: SessionState.ValueType  # 3
 """Ended early: duration limit reached or the daemon shut down."""
 Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
 
+class _ArgKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArgKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArgKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARG_KIND_UNSPECIFIED: _ArgKind.ValueType  # 0
+    """Not set."""
+    ARG_KIND_PATH: _ArgKind.ValueType  # 1
+    """A NUL-terminated string, without its NUL (file names)."""
+    ARG_KIND_BUFFER: _ArgKind.ValueType  # 2
+    """The first bytes of a data buffer (write family at entry, read at exit)."""
+    ARG_KIND_SOCKADDR: _ArgKind.ValueType  # 3
+    """A struct sockaddr as the process passed or received it."""
+
+class ArgKind(_ArgKind, metaclass=_ArgKindEnumTypeWrapper):
+    """What the kernel read from an argument's user memory."""
+
+ARG_KIND_UNSPECIFIED: ArgKind.ValueType  # 0
+"""Not set."""
+ARG_KIND_PATH: ArgKind.ValueType  # 1
+"""A NUL-terminated string, without its NUL (file names)."""
+ARG_KIND_BUFFER: ArgKind.ValueType  # 2
+"""The first bytes of a data buffer (write family at entry, read at exit)."""
+ARG_KIND_SOCKADDR: ArgKind.ValueType  # 3
+"""A struct sockaddr as the process passed or received it."""
+Global___ArgKind: _TypeAlias = ArgKind  # noqa: Y015
+
 @_typing.final
 class GetInfoRequest(_message.Message):
     """---------------------------------------------------------------- GetInfo
@@ -379,6 +407,8 @@ class SessionOptions(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     PEAK_RSS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    EVENT_SYSCALLS_FIELD_NUMBER: _builtins.int
     duration_ms: _builtins.int
     """Stop the session after this many milliseconds; 0: no limit."""
     per_process: _builtins.bool
@@ -390,6 +420,8 @@ class SessionOptions(_message.Message):
     drain and the taskstats record at exit. Implied by a memory_usage "rss"
     assertion in budget.
     """
+    events: _builtins.bool
+    """Record one event per syscall for StreamEvents (costs more than counting)."""
     @_builtins.property
     def syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Count only these syscalls (names for the daemon's architecture, or
@@ -402,6 +434,12 @@ class SessionOptions(_message.Message):
         with a budget keeps per-process detail. Same rules as a budget file.
         """
 
+    @_builtins.property
+    def event_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Syscalls that produce events (names or classes, as syscalls); empty: the
+        syscalls the session counts.
+        """
+
     def __init__(
         self,
         *,
@@ -411,10 +449,12 @@ class SessionOptions(_message.Message):
         label: _builtins.str = ...,
         budget: _abc.Iterable[Global___Assertion] | None = ...,
         peak_rss: _builtins.bool = ...,
+        events: _builtins.bool = ...,
+        event_syscalls: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duration_ms", b"duration_ms", "label", b"label", "peak_rss", b"peak_rss", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "duration_ms", b"duration_ms", "event_syscalls", b"event_syscalls", "events", b"events", "label", b"label", "peak_rss", b"peak_rss", "per_process", b"per_process", "syscalls", b"syscalls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1400,3 +1440,218 @@ class Update(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Update: _TypeAlias = Update  # noqa: Y015
+
+@_typing.final
+class EventFilter(_message.Message):
+    """---------------------------------------------------------------- StreamEvents
+
+    Which events of a session one stream wants. Empty lists: all of them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSCALLS_FIELD_NUMBER: _builtins.int
+    PIDS_FIELD_NUMBER: _builtins.int
+    TIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Syscall names or classes ("%file"), for the daemon's architecture."""
+
+    @_builtins.property
+    def pids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only these processes (thread group ids)."""
+
+    @_builtins.property
+    def tids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only these threads."""
+
+    def __init__(
+        self,
+        *,
+        syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        pids: _abc.Iterable[_builtins.int] | None = ...,
+        tids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pids", b"pids", "syscalls", b"syscalls", "tids", b"tids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventFilter: _TypeAlias = EventFilter  # noqa: Y015
+
+@_typing.final
+class StreamEventsRequest(_message.Message):
+    """Stream a session's syscall events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session, started with options.events."""
+    max_batch: _builtins.int
+    """Most events per batch; 0: 4096."""
+    queue: _builtins.int
+    """Events this stream may have waiting before newer ones are dropped; 0: the
+    daemon's default (1048576).
+    """
+    @_builtins.property
+    def filter(self) -> Global___EventFilter:
+        """What this stream wants of the session's events."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        filter: Global___EventFilter | None = ...,
+        max_batch: _builtins.int = ...,
+        queue: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "max_batch", b"max_batch", "queue", b"queue", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class ArgData(_message.Message):
+    """Bytes behind one pointer argument, copied in the kernel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Argument position, 0..5."""
+    kind: Global___ArgKind.ValueType
+    """What the bytes are."""
+    value: _builtins.bytes
+    """The bytes (at most 256)."""
+    truncated: _builtins.bool
+    """The argument held more than was copied."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        kind: Global___ArgKind.ValueType = ...,
+        value: _builtins.bytes = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "kind", b"kind", "truncated", b"truncated", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArgData: _TypeAlias = ArgData  # noqa: Y015
+
+@_typing.final
+class SyscallEvent(_message.Message):
+    """One syscall. Timestamps are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns),
+    the clock of clock_gettime(CLOCK_MONOTONIC) in the traced process.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_NS_FIELD_NUMBER: _builtins.int
+    END_NS_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    TID_FIELD_NUMBER: _builtins.int
+    NR_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RETURN_VALUE_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    start_ns: _builtins.int
+    """At sys_enter."""
+    end_ns: _builtins.int
+    """At sys_exit; start_ns when the call never returned."""
+    pid: _builtins.int
+    """Thread group id."""
+    tid: _builtins.int
+    """Thread id."""
+    nr: _builtins.int
+    """Syscall number on the daemon's architecture."""
+    name: _builtins.str
+    """Syscall name ("syscall_N" when unknown)."""
+    return_value: _builtins.int
+    """Signed return value; meaningful when returned is true."""
+    returned: _builtins.bool
+    """False for calls that never return (exit_group, a thread killed inside one)."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The six argument registers."""
+
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArgData]:
+        """Arguments decoded in the kernel, by ascending index."""
+
+    def __init__(
+        self,
+        *,
+        start_ns: _builtins.int = ...,
+        end_ns: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        tid: _builtins.int = ...,
+        nr: _builtins.int = ...,
+        name: _builtins.str = ...,
+        return_value: _builtins.int = ...,
+        returned: _builtins.bool = ...,
+        args: _abc.Iterable[_builtins.int] | None = ...,
+        data: _abc.Iterable[Global___ArgData] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "data", b"data", "end_ns", b"end_ns", "name", b"name", "nr", b"nr", "pid", b"pid", "return_value", b"return_value", "returned", b"returned", "start_ns", b"start_ns", "tid", b"tid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyscallEvent: _TypeAlias = SyscallEvent  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    """Events in kernel order (in order per thread), with the losses so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    KERNEL_LOST_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    kernel_lost: _builtins.int
+    """Events of the session the kernel could not record, cumulative."""
+    dropped: _builtins.int
+    """Events this stream's queue had no room for, cumulative."""
+    lost: _builtins.int
+    """kernel_lost + dropped."""
+    last: _builtins.bool
+    """No batch follows: the session ended and everything was delivered."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyscallEvent]:
+        """The events of this batch."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SyscallEvent] | None = ...,
+        kernel_lost: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        lost: _builtins.int = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "events", b"events", "kernel_lost", b"kernel_lost", "last", b"last", "lost", b"lost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015

@@ -65,6 +65,11 @@ class TracerStub:
                 request_serializer=tracerd_dot_v1_dot_tracerd__pb2.WatchRequest.SerializeToString,
                 response_deserializer=tracerd_dot_v1_dot_tracerd__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.unary_stream(
+                '/tracerd.v1.Tracer/StreamEvents',
+                request_serializer=tracerd_dot_v1_dot_tracerd__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=tracerd_dot_v1_dot_tracerd__pb2.EventBatch.FromString,
+                _registered_method=True)
 
 
 class TracerServicer:
@@ -113,6 +118,16 @@ class TracerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEvents(self, request, context):
+        """One event per syscall of a session started with options.events, in
+        batches, until the session ended and every event was delivered. A slow
+        client never blocks the daemon: events its queue cannot hold are dropped
+        and counted in every later batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TracerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +160,11 @@ def add_TracerServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=tracerd_dot_v1_dot_tracerd__pb2.WatchRequest.FromString,
                     response_serializer=tracerd_dot_v1_dot_tracerd__pb2.WatchResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=tracerd_dot_v1_dot_tracerd__pb2.StreamEventsRequest.FromString,
+                    response_serializer=tracerd_dot_v1_dot_tracerd__pb2.EventBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +330,33 @@ class Tracer:
             '/tracerd.v1.Tracer/Watch',
             tracerd_dot_v1_dot_tracerd__pb2.WatchRequest.SerializeToString,
             tracerd_dot_v1_dot_tracerd__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tracerd.v1.Tracer/StreamEvents',
+            tracerd_dot_v1_dot_tracerd__pb2.StreamEventsRequest.SerializeToString,
+            tracerd_dot_v1_dot_tracerd__pb2.EventBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,12 @@ class TracerStub:
     """The report of a running (so far) or finished session."""
     Watch: _grpc.UnaryStreamMultiCallable[_tracerd_pb2.WatchRequest, _tracerd_pb2.WatchResponse]
     """Live aggregates of one session every interval; ends with the final report."""
+    StreamEvents: _grpc.UnaryStreamMultiCallable[_tracerd_pb2.StreamEventsRequest, _tracerd_pb2.EventBatch]
+    """One event per syscall of a session started with options.events, in
+    batches, until the session ended and every event was delivered. A slow
+    client never blocks the daemon: events its queue cannot hold are dropped
+    and counted in every later batch.
+    """
 
 @_typing.type_check_only
 class TracerAsyncStub(TracerStub):
@@ -73,6 +79,12 @@ class TracerAsyncStub(TracerStub):
     """The report of a running (so far) or finished session."""
     Watch: _aio.UnaryStreamMultiCallable[_tracerd_pb2.WatchRequest, _tracerd_pb2.WatchResponse]  # type: ignore[assignment]
     """Live aggregates of one session every interval; ends with the final report."""
+    StreamEvents: _aio.UnaryStreamMultiCallable[_tracerd_pb2.StreamEventsRequest, _tracerd_pb2.EventBatch]  # type: ignore[assignment]
+    """One event per syscall of a session started with options.events, in
+    batches, until the session ended and every event was delivered. A slow
+    client never blocks the daemon: events its queue cannot hold are dropped
+    and counted in every later batch.
+    """
 
 class TracerServicer(metaclass=_abc_1.ABCMeta):
     """The trace-session service of a tracerd daemon."""
@@ -124,5 +136,17 @@ class TracerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tracerd_pb2.WatchResponse], _abc.AsyncIterator[_tracerd_pb2.WatchResponse]]:
         """Live aggregates of one session every interval; ends with the final report."""
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request: _tracerd_pb2.StreamEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tracerd_pb2.EventBatch], _abc.AsyncIterator[_tracerd_pb2.EventBatch]]:
+        """One event per syscall of a session started with options.events, in
+        batches, until the session ended and every event was delivered. A slow
+        client never blocks the daemon: events its queue cannot hold are dropped
+        and counted in every later batch.
+        """
 
 def add_TracerServicer_to_server(servicer: TracerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
