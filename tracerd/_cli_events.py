@@ -48,7 +48,8 @@ class EventWriter:
                                            sort_keys=True))
             else:
                 show = self.follow and ev.tid != self.first_tid
-                out.write(_strace.format_event(ev, self.table, show_pid=show) + "\n")
+                out.write(_strace.format_event(ev, self.table, show_pid=show, align=True)
+                          + "\n")
             self.events += 1
         self.kernel_lost, self.dropped = batch.kernel_lost, batch.dropped
         lost = batch.lost

@@ -1309,16 +1309,19 @@ def _prepare(ev: SyscallEvent, table: SyscallTable, string_limit: int) -> tuple[
 
 
 def format_event(
-    ev: SyscallEvent, table: SyscallTable, *, show_pid: bool = False, string_limit: int = 32
+    ev: SyscallEvent, table: SyscallTable, *, show_pid: bool = False, string_limit: int = 32,
+    align: bool = False,
 ) -> str:
     """One strace -T line (without newline), e.g.
     ``openat(AT_FDCWD, "/etc/passwd", O_RDONLY|O_CLOEXEC) = 3 <0.000012>``.
 
     ``show_pid`` adds strace -f's ``[pid  1234] `` prefix (the thread id, as strace shows);
-    ``string_limit`` is strace's -s: data buffers longer than that end in ``...``.
+    ``string_limit`` is strace's -s: data buffers longer than that end in ``...``;
+    ``align`` pads short calls so the results line up in column 40, as strace's do.
     """
     call, args = _prepare(ev, table, string_limit)
-    line = f"{call.name}({', '.join(a.text for a in args)}) = {_return_text(call)}"
+    text = f"{call.name}({', '.join(a.text for a in args)})"
+    line = f"{text:<39} = {_return_text(call)}" if align else f"{text} = {_return_text(call)}"
     if ev.ret is not None:
         line += f" {_duration(ev.duration_ns)}"
     if show_pid:

@@ -941,3 +941,16 @@ asmlinkage long sys_twice(long a);
     assert gen.resolve(protos, "x86_64", "sys_nothing") is None
     with pytest.raises(gen.HeaderError, match="no 'asmlinkage"):
         gen.parse_header("int main(void);")
+
+
+def test_align_pads_to_column_40_like_strace() -> None:
+    from tracerd.model import SyscallEvent  # noqa: PLC0415
+    from tracerd.syscalls import table_for  # noqa: PLC0415
+
+    table = table_for("x86_64")
+    ev = SyscallEvent(start_ns=0, end_ns=4000, pid=1, tid=1, nr=table.number("close") or 0,
+                      ret=0, args=(3, 0, 0, 0, 0, 0))
+    line = _strace.format_event(ev, table, align=True)
+    assert line == "close(3)" + " " * 31 + " = 0 <0.000004>"
+    assert line.index("=") == 40
+    assert _strace.format_event(ev, table) == "close(3) = 0 <0.000004>"
