@@ -40,6 +40,9 @@ BPF_TABLE("lru_hash", __u32, struct ev_inflight, ev_inflight, EV_MAX_INFLIGHT);
  * the old image (and the pointer argument) is gone. */
 BPF_TABLE("lru_hash", __u32, struct path_key, ev_exec_path, 1024);
 BPF_RINGBUF_OUTPUT(sys_events, EV_RINGBUF_PAGES);
+/* Never used by the programs: declared so user space can check its view of the ring
+ * records against the compiled layout (tests/privileged/test_limits_and_layout.py). */
+BPF_ARRAY(layout_sys_event, struct sys_event, 1);
 
 /* pid_state.nr's top bit: this thread's call has an ev_inflight entry to emit. */
 #define NR_EVENT_BIT 0x8000
@@ -185,11 +188,14 @@ static __always_inline void enforce(__u32 idx, __u32 nr)
 	__sync_fetch_and_add(&l->signals, 1);
 }
 
-static __always_inline void event_lost(__u32 slot)
+/* An event of slot (| gen << 16) that could not be recorded: counted for the session
+ * that holds the slot, unless the slot went to another session since. */
+static __always_inline void event_lost(__u32 tagged)
 {
 	count_drop(C_SYS_EVENTS_LOST);
+	__u32 slot = tagged & 0xffff;
 	struct ev_filter *f = ev_filters.lookup(&slot);
-	if (f)
+	if (f && f->gen == tagged >> 16)
 		__sync_fetch_and_add(&f->lost, 1);
 }
 
@@ -309,7 +315,7 @@ static __always_inline int event_enter(__u32 slot, __u32 tgid, __u32 tid, __u32 
 	struct ev_filter *f = ev_filters.lookup(&slot);
 	if (!f || !f->enabled || !mask_has(f->mask, nr))
 		return 0;
-	struct ev_inflight in = {.slot = slot, .nr = nr};
+	struct ev_inflight in = {.slot = slot | (f->gen << 16), .nr = nr};
 #pragma unroll
 	for (int i = 0; i < 6; i++)
 		in.args[i] = syscall_arg(regs, i);
@@ -318,7 +324,7 @@ static __always_inline int event_enter(__u32 slot, __u32 tgid, __u32 tid, __u32 
 		return 0;
 	}
 	if (ev_inflight.update(&tid, &in)) {
-		event_lost(slot);
+		event_lost(in.slot);
 		return 0;
 	}
 	return 1;
@@ -330,9 +336,25 @@ static __always_inline void event_exit(__u32 tgid, __u32 tid, __u64 start, __u64
 {
 	struct ev_inflight *in = ev_inflight.lookup(&tid);
 	if (!in) {
-		/* Pushed out of the LRU map by other threads' calls: lost, but its slot is
-		 * unknown here; counted in the global counter only. */
-		count_drop(C_SYS_EVENTS_LOST);
+		/* Pushed out of the LRU map by other threads' calls: lost, counted for the
+		 * slot the process is under now (the one it entered with, unless user space
+		 * moved it in between). */
+		__u32 *lim = limit_of.lookup(&tgid);
+		if (lim && *lim) {
+			__u32 slot = *lim - 1;
+			struct ev_filter *f = ev_filters.lookup(&slot);
+			event_lost(slot | (f ? f->gen << 16 : 0));
+		} else {
+			count_drop(C_SYS_EVENTS_LOST);
+		}
+		return;
+	}
+	/* A call entered under a session that has ended (the slot cleared or given to
+	 * another session since): its event belongs to nobody. */
+	__u32 slot = in->slot & 0xffff;
+	struct ev_filter *f = ev_filters.lookup(&slot);
+	if (!f || !f->enabled || f->gen != in->slot >> 16) {
+		ev_inflight.delete(&tid);
 		return;
 	}
 	if ((__s64)in->nr == NR_EXECVE || (__s64)in->nr == NR_EXECVEAT) {
@@ -396,7 +418,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	 * (exit, exit_group, or a thread killed inside a blocking call). */
 	__s64 nr = (__s64)ctx->args[1];
 	__u64 now = bpf_ktime_get_ns();
-	t->nr = (__u16)nr;
+	/* Numbers >= 0x8000 (and syscall(-1), a ptrace skip) share 0x7fff: the top bit is
+	 * NR_EVENT_BIT. No real syscall is near it. */
+	t->nr = (__u16)nr & ~NR_EVENT_BIT;
 	t->start_ns = now;
 	__u32 *lim = limit_of.lookup(&tgid);
 	if (lim && *lim) {

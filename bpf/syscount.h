@@ -160,7 +160,7 @@ struct limit_rule {
  * is in mask). */
 struct ev_filter {
 	__u32 enabled;
-	__u32 _pad;
+	__u32 gen;     /* which session holds the slot (user space bumps it at each reuse) */
 	__u64 mask[NR_MASK_WORDS];
 	__u64 lost;    /* events of this slot that could not be recorded (atomic) */
 };
@@ -189,7 +189,7 @@ struct ev_decode {
 /* What sys_enter keeps for sys_exit, per thread, for an events syscall. */
 struct ev_inflight {
 	__u64 args[6];
-	__u32 slot;
+	__u32 slot;    /* slot | gen << 16, as in sys_event.slot */
 	__u32 nr;
 };
 
@@ -209,7 +209,7 @@ struct sys_event {
 	__u32 pid;      /* tgid */
 	__u32 tid;
 	__u32 nr;
-	__u32 slot;     /* the session slot the process is under */
+	__u32 slot;     /* the session slot the process is under | ev_filter.gen << 16 */
 	__s64 ret;
 	__u64 args[6];
 	__u32 flags;    /* SEF_* */

@@ -147,6 +147,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.events and (args.pid is not None or wants_golden):
         raise TracerdError("--events needs a command to run: not with -p, --save-golden or "
                            "--against", EXIT_USAGE)
+    if not args.events and (args.follow_forks or args.summary):
+        raise TracerdError("-f and --summary go with --events", EXIT_USAGE)
+    if args.events and args.json and args.summary:
+        raise TracerdError("--events --json writes one document: no --summary", EXIT_USAGE)
     baseline = _cli_golden.load(args.against) if args.against else None
     budget = _cli_daemon.load_budget(args.budget)
     if command:
@@ -166,20 +170,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
             writer = EventWriter(out, syscalls.table_for(arch), as_json=args.json,
                                  follow=args.follow_forks, program=command)
             flt = EventFilter(syscalls=keep or frozenset())
-        if args.remote is not None:
-            report, status, why, running = _cli_daemon.run_remote(
-                args, command, budget, peak_rss=wants_golden, on_events=writer)
-            outcome = Outcome(report=report, status=status, interrupted=why, running_pid=running)
-        else:
-            with Probe(Limits.for_this_kernel(**overrides)) as probe:
-                if args.pid is not None:
-                    outcome = attach(probe, args.pid, duration=args.duration,
-                                     on_attached=_say_attached)
-                else:
-                    outcome = run_command(probe, command, duration=args.duration,
-                                          budget=budget, peak_rss=wants_golden,
-                                          on_violation=_say_violation, events=flt,
-                                          on_events=writer)
+        try:
+            if args.remote is not None:
+                report, status, why, running = _cli_daemon.run_remote(
+                    args, command, budget, peak_rss=wants_golden, on_events=writer)
+                outcome = Outcome(report=report, status=status, interrupted=why,
+                                  running_pid=running)
+            else:
+                with Probe(Limits.for_this_kernel(**overrides)) as probe:
+                    if args.pid is not None:
+                        outcome = attach(probe, args.pid, duration=args.duration,
+                                         on_attached=_say_attached)
+                    else:
+                        outcome = run_command(probe, command, duration=args.duration,
+                                              budget=budget, peak_rss=wants_golden,
+                                              on_violation=_say_violation, events=flt,
+                                              on_events=writer)
+        except BaseException:
+            if writer is not None:
+                writer.close(complete=False)
+            raise
         report = filter_report(outcome.report, keep)
         if writer is not None:
             writer.close(exit_line=_exit_line(outcome.report))

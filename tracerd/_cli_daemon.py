@@ -416,6 +416,7 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
     clients: list[Client] = []
     sid: list[str] = []
     readers: list[threading.Thread] = []
+    failures: list[BaseException] = []
 
     def register(pid: int, _path: str) -> None:
         # Connected only once CMD is forked: a child forked after gRPC has started its
@@ -423,9 +424,11 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
         clients.append(connect(args))
         sid.append(clients[0].start_spawned(pid, command, opts).id)
         if on_events is not None:
-            # Subscribed before CMD is let go, so the stream starts at its execve.
+            # The daemon keeps what the session records until a stream subscribes, so
+            # the stream starts at CMD's execve even if it subscribes a moment later.
             stream = clients[0].stream_events(sid[0])
-            readers.append(threading.Thread(target=_forward, args=(stream, on_events),
+            readers.append(threading.Thread(target=_forward,
+                                            args=(stream, on_events, failures),
                                             name="tracerd-events", daemon=True))
             readers[0].start()
 
@@ -440,10 +443,14 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
                 elif isinstance(ev, Violation):
                     print(violation_line(ev), file=sys.stderr, flush=True)
             for t in readers:
-                t.join()
+                t.join()  # the stream ends by itself once the session's events are out
         finally:
             for c in clients:
-                c.close()
+                c.close()  # after a failure, this ends the event stream too
+            for t in readers:
+                t.join()
+        if failures:
+            raise failures[0]
         if final is None:
             raise TracerdError(f"session {sid[0]}: the daemon ended the stream without a report")
         report = final.report
@@ -460,11 +467,16 @@ def run_remote(args: argparse.Namespace, command: list[str], budget: tuple[Asser
         return report, 0, report.interrupted, pid
 
 
-def _forward(stream: Iterator[EventBatch], sink: Callable[[EventBatch], None]) -> None:
-    for batch in stream:
-        sink(batch)
-        if batch.last:
-            return
+def _forward(stream: Iterator[EventBatch], sink: Callable[[EventBatch], None],
+             failures: list[BaseException]) -> None:
+    try:
+        for batch in stream:
+            sink(batch)
+            if batch.last:
+                return
+        failures.append(TracerdError("the daemon ended the event stream early"))
+    except BaseException as e:  # re-raised by the caller, in its own thread
+        failures.append(e)
 
 
 # ---------------------------------------------------------------------- sessions events
@@ -486,9 +498,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
     with output(args.output) as out, connect(args) as client:
         writer = EventWriter(out, syscalls.table_for(arch), as_json=args.json,
                              follow=args.follow_forks, program=[f"session {args.session_id}"])
+        complete = False
         try:
             for batch in client.stream_events(args.session_id, flt):
                 writer(batch)
+                complete = batch.last
         finally:
-            writer.close()
+            writer.close(complete=complete)
     return 0

@@ -60,15 +60,20 @@ class EventWriter:
             self._reported_lost = lost
         out.flush()
 
-    def close(self, *, exit_line: str | None = None) -> None:
+    def close(self, *, exit_line: str | None = None, complete: bool = True) -> None:
+        """End the output. ``complete`` false: the stream broke off (an error, Ctrl-C);
+        the JSON says so, so a reader never takes a partial trace for a whole one."""
         if self.as_json:
             meta = {"program": self.program, "tracerd": __version__,
                     "kernel": os.uname().release, "arch": self.table.arch,
                     "clock": "monotonic", "events": self.events,
                     "lost": self.kernel_lost + self.dropped,
-                    "kernel_lost": self.kernel_lost, "dropped": self.dropped}
+                    "kernel_lost": self.kernel_lost, "dropped": self.dropped,
+                    "complete": complete}
             self.out.write(("\n" if self.events else "") + '], "metadata": '
                            + json.dumps(meta, sort_keys=True) + "}\n")
+        elif not complete:
+            self.out.write("--- tracerd: event stream ended early ---\n")
         elif exit_line:
             self.out.write(exit_line + "\n")
         self.out.flush()

@@ -129,10 +129,15 @@ def _tolerances(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         raise TracerdError(str(e), EXIT_USAGE) from None
 
 
+def _name_of(report: Report) -> Any:
+    # The report's own arch: a daemon elsewhere may run on another one.
+    return syscalls.table_for(report.arch or None).name
+
+
 def capture(reports: list[Report], command: list[str],
             tolerances: dict[str, Any] = golden.DEFAULT_TOLERANCES) -> dict[str, Any]:
     try:
-        return golden.capture_from_reports(reports, command, syscalls.table_for().name,
+        return golden.capture_from_reports(reports, command, _name_of(reports[0]),
                                            tolerances=tolerances)
     except ValueError as e:
         raise TracerdError(f"cannot capture a golden trace: {e}") from None
@@ -226,7 +231,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         else:
             command = _command(args, baseline["command"])
             report = _runs(args, command, 1, progress=False)[0]
-        result = golden.compare(baseline, report, syscalls.table_for().name, command=command)
+        result = golden.compare(baseline, report, _name_of(report), command=command)
         if args.json:
             out.write(json.dumps(golden.verdict_to_dict(result, args.file), indent=2,
                                  sort_keys=True) + "\n")
@@ -250,9 +255,12 @@ def _cmd_update(args: argparse.Namespace) -> int:
         # The point of update is to replace the file; its old content stays in git. The
         # command is still worth keeping when only the rest was unusable.
         print(f"tracerd: old baseline unusable, replacing it: {e}", file=sys.stderr)
-    command = _command(args, old["command"] if old is not None else _recorded_command(args))
-    # The reviewer's tolerances (and per-syscall overrides) survive a recapture.
-    base = old["tolerances"] if old is not None else golden.DEFAULT_TOLERANCES
+    salvaged = _salvage(args.file) if old is None else {}
+    command = _command(args, old["command"] if old is not None else salvaged.get("command"))
+    # The reviewer's tolerances (and per-syscall overrides) survive a recapture, also
+    # from a file too old to load when they are still valid.
+    base = old["tolerances"] if old is not None else salvaged.get(
+        "tolerances", golden.DEFAULT_TOLERANCES)
     tolerances = _tolerances(base, args.tolerance)
     new = capture(_runs(args, command, args.runs), command, tolerances)
     if old is not None:
@@ -264,17 +272,31 @@ def _cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_command(args: argparse.Namespace) -> list[str] | None:
-    """The command of a golden file too old or damaged to load, if it still has one."""
+def _salvage(path: str) -> dict[str, Any]:
+    """The command and tolerances of a golden file too old or damaged to load, where
+    they are still valid on their own."""
     try:
-        with open(args.file) as f:
+        with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError):
-        return None
-    cmd = data.get("command") if isinstance(data, dict) else None
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    cmd = data.get("command")
     if isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd):
-        return cmd
-    return None
+        out["command"] = cmd
+    tol = data.get("tolerances")
+    if isinstance(tol, dict):
+        # Held to the current schema by validating a minimal file that carries them.
+        probe = {**golden.capture([golden.Observation({}, {}, {}, 0, 0)], cmd or ["x"],
+                                  arch="x", kernel="x"), "tolerances": tol}
+        try:
+            golden.parse_golden(golden.dumps_golden(probe))
+            out["tolerances"] = tol
+        except golden.GoldenError:
+            pass
+    return out
 
 
 # ---------------------------------------------------------------------- run --save-golden
@@ -285,8 +307,7 @@ def after_run(args: argparse.Namespace, report: Report, command: list[str],
     """``run --against/--save-golden``: print the verdict, write the file; True if regressed."""
     regressed = False
     if baseline is not None:
-        result = golden.compare(baseline, report, syscalls.table_for(report.arch or None).name,
-                                command=command)
+        result = golden.compare(baseline, report, _name_of(report), command=command)
         sys.stderr.write(golden.render_diff(result, title=f"tracerd: against {args.against}:"))
         regressed = result.failed
     if args.save_golden:

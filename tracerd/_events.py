@@ -68,8 +68,11 @@ class EventSubscriber:
         self.filter = flt
         self.queue_max = queue_max
         self._queue: deque[SyscallEvent] = deque()
+        #: events of the session this subscriber will not get: its queue was full, or
+        #: they came before it subscribed and another subscriber took the backlog
         self.dropped = 0
         self.received = 0  #: events handed out in batches
+        self.closed = False
 
     # producer side (channel lock held)
     def _offer(self, events: Sequence[SyscallEvent]) -> None:
@@ -105,6 +108,7 @@ class EventSubscriber:
 
     def close(self) -> None:
         """Stop receiving (the client went away); frees the queue at once."""
+        self.closed = True
         self.channel.unsubscribe(self)
 
 
@@ -141,6 +145,11 @@ class EventChannel:
                 self._backlog = None
                 sub.dropped += early.dropped
                 sub._offer(list(early._queue))
+            else:
+                # What the session recorded before this stream came is the first
+                # stream's; this one counts it as not received, so its received + lost
+                # still accounts for the session's events.
+                sub.dropped += self.routed
             self.subscribers.append(sub)
             return sub
 

@@ -95,7 +95,7 @@ _EV_DATA_LEN, _EV_DATA_ARGS, _NR_DECODE = 256, 2, 512
 
 
 class EvFilter(ct.Structure):
-    _fields_ = [("enabled", ct.c_uint32), ("_pad", ct.c_uint32),
+    _fields_ = [("enabled", ct.c_uint32), ("gen", ct.c_uint32),
                 ("mask", ct.c_uint64 * _NR_MASK_WORDS), ("lost", ct.c_uint64)]
 
 
@@ -191,6 +191,11 @@ class RingReader:
         self._u64.pack_into(self._cons, 0, cons)
         return out
 
+    def pending(self) -> bool:
+        """Records not read yet (some possibly still being written)."""
+        cons = self._u64.unpack_from(self._cons, 0)[0]
+        return bool(cons < self._u64.unpack_from(self._prod, 0)[0])
+
     def close(self) -> None:
         self._cons.close()
         self._prod.close()
@@ -214,6 +219,7 @@ MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure] | Non
     "ev_filters": (None, EvFilter),
     "ev_decode": (None, EvDecode),
     "ev_inflight": (None, EvInflight),
+    "layout_sys_event": (None, SysEvent),
     "rule_comm": (CommKey, None),
     "rule_path": (PathKey, None),
 }
@@ -362,6 +368,7 @@ class Probe:
         self._batch_bufs: tuple[Any, Any] | None = None
         self._sys_ring: RingReader | None = None
         self._decode: dict[int, tuple[ArgRead, ...]] = {}
+        self._slot_gen: dict[int, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> Probe:
@@ -471,22 +478,32 @@ class Probe:
         self._bpf[b"limits"][ct.c_int(slot)] = Limit()
 
     # -- per-syscall events ------------------------------------------------------------
-    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> None:
+    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> int:
         """Processes under ``slot`` send an event per syscall in ``syscalls`` (None: all).
-        Resets the slot's lost counter."""
+
+        Returns the slot's new generation: events carry it (read_sys_events gives
+        ``slot | gen << 16``), so a call entered under the slot's previous session and
+        returning now is dropped in the kernel rather than handed to this one. Resets
+        the slot's lost counter.
+        """
         if not 0 <= slot < self.limits.max_limits:
             raise TracerdError(f"session slot {slot} is out of range")
+        gen = self._slot_gen[slot] = (self._slot_gen.get(slot, 0) + 1) & 0xFFFF
         f = EvFilter()
-        f.enabled = 1
+        f.enabled, f.gen = 1, gen
         for w in range(_NR_MASK_WORDS):
             f.mask[w] = (1 << 64) - 1 if syscalls is None else 0
         for nr in syscalls or ():
             if 0 <= nr < 64 * _NR_MASK_WORDS:
                 f.mask[nr // 64] |= 1 << (nr % 64)
         self._bpf[b"ev_filters"][ct.c_int(slot)] = f
+        return gen
 
     def clear_events(self, slot: int) -> None:
-        self._bpf[b"ev_filters"][ct.c_int(slot)] = EvFilter()
+        # The generation stays: calls still in flight under it are dropped at exit.
+        f = EvFilter()
+        f.gen = self._slot_gen.get(slot, 0)
+        self._bpf[b"ev_filters"][ct.c_int(slot)] = f
 
     def events_lost(self, slot: int) -> int:
         """Events of processes under ``slot`` the kernel could not record (ring full)."""
@@ -500,6 +517,9 @@ class Probe:
         for nr, reads in self._decode.items():
             table[ct.c_int(nr)] = _decode_entry(reads)
 
+    def sys_events_pending(self) -> bool:
+        return self._ring().pending()
+
     def sys_events_fd(self) -> int:
         """Readable (poll/select) when syscall events are waiting."""
         return self._ring().fd
@@ -511,7 +531,7 @@ class Probe:
         return self._sys_ring
 
     def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
-        """Syscall events waiting in the ring, oldest first, as (session slot, event)."""
+        """Syscall events waiting in the ring, oldest first, as (slot | gen << 16, event)."""
         out: list[tuple[int, SyscallEvent]] = []
         unpack = _SYS_EVENT.unpack_from
         decode = self._decode

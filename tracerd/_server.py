@@ -233,10 +233,12 @@ class Servicer(pb_grpc.TracerServicer):
         flt = self._call(context, lambda _c: _convert.event_filter_from_pb(request.filter))
         sub = self._call(context, lambda caller: self.hub.subscribe_events(
             caller, request.session_id, flt, request.queue or None))
-        if not context.add_callback(sub.close):
-            sub.close()
+        if not context.add_callback(lambda: self.hub.unsubscribe_events(sub)):
+            self.hub.unsubscribe_events(sub)
             return
-        most = request.max_batch or 4096
+        # Bounded so one batch stays well under the message size limit (an event with
+        # two copied arguments is under 700 bytes).
+        most = min(request.max_batch or 4096, 4096)
         while context.is_active():
             batch = sub.next_batch(most, timeout_s=0.25)
             if batch is None:
@@ -397,7 +399,8 @@ def _sd_notify(state: str) -> None:
 
 FEATURES = ["raw_tracepoint:sys_enter", "raw_tracepoint:sys_exit", "tracepoint:task_newtask",
             "tracepoint:sched_process_exec", "tracepoint:sched_process_exit", "ringbuf",
-            "percpu_hash", "helper:bpf_send_signal"]
+            "percpu_hash", "lru_hash", "helper:bpf_send_signal", "helper:bpf_probe_read_user",
+            "syscall_events"]
 
 
 def serve(config: DaemonConfig) -> int:

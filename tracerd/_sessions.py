@@ -77,10 +77,11 @@ class ProbeLike(Protocol):
     def clear_limit(self, slot: int) -> None: ...
     def limit_process(self, pid: int, slot: int | None) -> bool: ...
     def limit_slot(self, pid: int) -> int | None: ...
-    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> None: ...
+    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> int: ...
     def clear_events(self, slot: int) -> None: ...
     def events_lost(self, slot: int) -> int: ...
     def sys_events_fd(self) -> int: ...
+    def sys_events_pending(self) -> bool: ...
     def read_sys_events(self, limit: int = ...) -> list[tuple[int, SyscallEvent]]: ...
 
 
@@ -259,6 +260,7 @@ class Session:
     #: session slot in the kernel (limits[] and ev_filters[]): kill budgets and events
     slot: int | None = None
     events: EventChannel | None = None
+    events_gen: int = 0  #: the slot's generation while this session holds it
 
     @property
     def follows_children(self) -> bool:
@@ -481,6 +483,7 @@ class Hub:
         self._exit_stash: dict[int, GenStats] = {}
         self._rules: dict[tuple[str, str | int], int] = {}  #: kernel rule -> sessions using it
         self.watchers = 0
+        self.event_streams = 0
         self.watch_missed = 0
         self.pids_over_limit = 0  #: forks not tracked because max_tracked_pids was reached
         self._last_liveness_ns = 0
@@ -672,8 +675,8 @@ class Hub:
             self.probe.set_limit(slot, rules, signal.SIGKILL)
             if sess.events is not None:
                 o = sess.options  # events default to the syscalls the session counts
-                self.probe.set_events(slot, o.event_syscalls if o.event_syscalls is not None
-                                      else o.syscalls)
+                sess.events_gen = self.probe.set_events(
+                    slot, o.event_syscalls if o.event_syscalls is not None else o.syscalls)
         except Exception as e:
             self.probe.clear_limit(slot)
             self._free_slots.appendleft(slot)
@@ -801,7 +804,19 @@ class Hub:
             if sess.events is None:
                 raise RequestError(ErrorKind.PRECONDITION, f"session {session_id} was not "
                                    "started with events (options.events)")
-            return sess.events.subscribe(flt, queue_max or self.limits.event_backlog)
+            # Streams hold a server thread each, like watchers: one limit for both.
+            if self.watchers + self.event_streams >= self.limits.max_watchers:
+                raise RequestError(ErrorKind.EXHAUSTED, f"{self.limits.max_watchers} watch "
+                                   "and event streams are open")
+            queue = min(queue_max or self.limits.event_backlog, self.limits.event_backlog)
+            self.event_streams += 1
+            return sess.events.subscribe(flt, queue)
+
+    def unsubscribe_events(self, sub: EventSubscriber) -> None:
+        with self.lock:
+            if not sub.closed:
+                self.event_streams -= 1
+            sub.close()
 
     def pump_events(self, limit: int = 1 << 16) -> int:
         """Route the syscall events waiting in the kernel to their sessions; how many."""
@@ -810,18 +825,20 @@ class Hub:
             if not batch:
                 return 0
             by_slot: dict[int, list[SyscallEvent]] = {}
-            for slot, ev in batch:
-                by_slot.setdefault(slot, []).append(ev)
-            for slot, events in by_slot.items():
-                # Read without the hub lock: a dict lookup; a slot is released only
-                # after _finish pumped its last events under this same lock.
+            for tagged, ev in batch:
+                by_slot.setdefault(tagged, []).append(ev)
+            for tagged, events in by_slot.items():
+                # Read without the hub lock: a dict lookup. The generation tells this
+                # slot's session from an earlier holder whose last events arrive late
+                # (those belong to a session that has ended, and are dropped).
+                slot, gen = tagged & 0xFFFF, tagged >> 16
                 sess = self._slot_owner.get(slot)
-                if sess is not None and sess.events is not None:
+                if sess is not None and sess.events is not None and sess.events_gen == gen:
                     sess.events.offer(events, self.probe.events_lost(slot))
             return len(batch)
 
     def _start_pump(self) -> None:
-        if self._pump is not None and self._pump.is_alive():
+        if self._pump is not None:
             return
         self._pump = threading.Thread(target=self._pump_loop, name="tracerd-events",
                                       daemon=True)
@@ -833,12 +850,22 @@ class Hub:
         import select  # noqa: PLC0415 - this thread only
 
         fd = self.probe.sys_events_fd()
-        while not self.closed:
-            select.select([fd], [], [], 0.05)
-            while self.pump_events() >= 1 << 16:
-                pass  # more waiting: read on before sleeping
-            if not any(s.events is not None for s in list(self._slot_owner.values())):
-                return
+        try:
+            while not self.closed:
+                select.select([fd], [], [], 0.05)
+                while self.pump_events() >= 1 << 16:
+                    pass  # more waiting: read on before sleeping
+                # Decided under the hub lock, which start() holds while it calls
+                # _start_pump: a session starting now either sees this thread gone
+                # (and starts another) or is seen here.
+                with self.lock:
+                    if not any(s.events is not None for s in self._slot_owner.values()):
+                        self._pump = None
+                        return
+        except Exception:
+            _log.exception("syscall event reader failed; events sessions get no more events")
+            with self.lock:
+                self._pump = None
 
     def _open_exits(self) -> None:
         """Listen to taskstats exit records while some session measures peak RSS."""
@@ -1060,8 +1087,14 @@ class Hub:
         sess.state, sess.end_ns, sess.end_reason = state, now, reason
         if sess.events is not None and sess.slot is not None:
             # Every event its processes made is in the ring by now (they exited, or
-            # the session stopped counting): route them before the slot goes.
-            self.pump_events()
+            # the session stopped counting): route them before the slot goes. A record
+            # another CPU has reserved but not yet submitted stops a read; it is
+            # retried briefly (other sessions' records may keep the ring busy).
+            for _ in range(100):
+                if self.pump_events() == 0:
+                    if not self.probe.sys_events_pending():
+                        break
+                    time.sleep(0.0005)
             sess.events.close(self.probe.events_lost(sess.slot))
         sess.members.clear()
         self._drop_rules(sess)
@@ -1111,7 +1144,7 @@ class Hub:
                 raise RequestError(ErrorKind.INVALID, f"interval_ms: {interval_ms} is outside "
                                    f"{lim.min_interval_ms}..{lim.max_interval_ms}")
             sess = self._session(caller, session_id)
-            if self.watchers >= lim.max_watchers:
+            if self.watchers + self.event_streams >= lim.max_watchers:
                 raise RequestError(ErrorKind.EXHAUSTED,
                                    f"{self.watchers} watchers open: the daemon's limit")
             w = Watcher(session_id, interval_ms * 1_000_000, per_process, self.clock())

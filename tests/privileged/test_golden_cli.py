@@ -138,12 +138,16 @@ def test_corrupt_golden_exits_65_naming_file_and_field(tmp_path: Path) -> None:
     assert proc.returncode == 66 and proc.stderr.count("\n") == 1
     # A v1 file (peak RSS from getrusage) is refused with the way out; update reuses its
     # command.
-    path.write_text('{"schema": "tracerd.golden/v1", "command": ["true"]}')
+    old = {"schema": "tracerd.golden/v1", "command": ["true"],
+           "tolerances": {**DEFAULT_TOLERANCES, "duration": {"ratio": 7.0, "slack_ms": 900}}}
+    path.write_text(json.dumps(old))
     proc = tracerd("golden", "compare", str(path))
     assert proc.returncode == 65 and "golden update" in proc.stderr
     proc = tracerd("golden", "update", str(path), "--runs", "1")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(path.read_text())["command"] == ["true"]
+    new = json.loads(path.read_text())
+    assert new["command"] == ["true"] and new["schema"] == "tracerd.golden/v2"
+    assert new["tolerances"]["duration"] == {"ratio": 7.0, "slack_ms": 900}  # kept
 
 
 MIB = 1024  # KiB

@@ -9,6 +9,7 @@ from pathlib import Path
 from conftest import traced_json, tracerd
 
 from tracerd import syscalls
+from tracerd import _probe
 from tracerd._probe import MAP_LAYOUTS, Limits, Probe
 
 
@@ -43,6 +44,8 @@ def test_python_structs_match_compiled_layout() -> None:
             if key is not None:
                 assert ct.sizeof(table.Key) == ct.sizeof(key), name
                 assert _layout(table.Key) == _layout(key), name
+    # The ring's records are parsed with a struct.Struct, not the ctypes mirror.
+    assert _probe._SYS_EVENT.size == ct.sizeof(_probe.SysEvent)
 
 
 def test_reads_are_cumulative_and_never_clear() -> None:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracerd import _budgets, _procfs, _sessions
+from tracerd._events import EventFilter
 from tracerd._procfs import ProcStat
 from tracerd._sessions import (
     FOLDED_PID,
@@ -54,6 +55,7 @@ from tracerd.model import (
     ExitStatus,
     LifecycleEvent,
     Report,
+    SyscallEvent,
     SyscallStats,
 )
 
@@ -127,6 +129,13 @@ class FakeProbe:
         self.slot: dict[int, int] = {}  # tracked pid -> limit slot
         self.rule_slot: dict[tuple[str, str | int], int | None] = {}
         self.signalled: list[tuple[int, int]] = []  # (pid, sig) sent "in kernel"
+        # per-syscall events: slot -> (gen, mask or None); the ring; lost per slot
+        self.ev_filters: dict[int, tuple[int, frozenset[int] | None]] = {}
+        self.ev_gen: dict[int, int] = {}
+        self.ring: list[tuple[int, SyscallEvent]] = []
+        self.ev_lost: dict[int, int] = {}
+        self.ring_room: int | None = None  # None: unbounded
+        self._pipe = os.pipe()  # never readable: the pump thread just times out
 
     # ---- ProbeLike
     def track(self, pid: int) -> None:
@@ -184,6 +193,48 @@ class FakeProbe:
 
     def limit_slot(self, pid: int) -> int | None:
         return self.slot.get(pid) if pid in self.tracked else None
+
+    def set_events(self, slot: int, syscalls: frozenset[int] | None) -> int:
+        gen = self.ev_gen[slot] = self.ev_gen.get(slot, 0) + 1
+        self.ev_filters[slot] = (gen, syscalls)
+        self.ev_lost[slot] = 0
+        return gen
+
+    def clear_events(self, slot: int) -> None:
+        self.ev_filters.pop(slot, None)
+
+    def events_lost(self, slot: int) -> int:
+        return self.ev_lost.get(slot, 0)
+
+    def sys_events_fd(self) -> int:
+        return self._pipe[0]
+
+    def sys_events_pending(self) -> bool:
+        return False
+
+    def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
+        out, self.ring = self.ring[:limit], self.ring[limit:]
+        return out
+
+    def emit(self, pid: int, nr: int, n: int = 1, *, slot_gen: tuple[int, int] | None = None
+             ) -> None:
+        """``n`` events of ``pid`` as the kernel would record them (its slot's filter);
+        ``slot_gen`` forces the record's tag (a call entered under an earlier session)."""
+        slot = self.slot.get(pid)
+        if slot_gen is None:
+            if slot is None or slot not in self.ev_filters:
+                return
+            gen, mask = self.ev_filters[slot]
+            if mask is not None and nr not in mask:
+                return
+            slot_gen = (slot, gen)
+        for _ in range(n):
+            if self.ring_room is not None and len(self.ring) >= self.ring_room:
+                self.ev_lost[slot_gen[0]] = self.ev_lost.get(slot_gen[0], 0) + 1
+                continue
+            t = self.clock()
+            self.ring.append((slot_gen[0] | slot_gen[1] << 16, SyscallEvent(
+                start_ns=t, end_ns=t + 1, pid=pid, tid=pid, nr=nr, ret=0, args=(0,) * 6)))
 
     def remove_rule(self, kind: str, value: str | int) -> None:
         self.rule_log.append(("remove", kind, value))
@@ -1760,3 +1811,69 @@ def test_kernel_limit_stays_with_the_sessions_members_only(k: FakeProbe) -> None
     assert k.limit_slot(child) == slot
     hub.step(0)
     assert k.limit_slot(child) is None and k.limit_slot(root) == slot
+
+
+# ---------------------------------------------------------------------- events
+
+
+def test_events_reach_their_session_with_losses_counted(k: FakeProbe) -> None:
+    hub = hub_for(k)
+    a, b = k.spawn(), k.spawn()
+    sa = start(hub, PidTarget(a), events=True, syscalls=frozenset({READ}))
+    sb = start(hub, PidTarget(b), events=True)
+    sub_a = hub.subscribe_events(ADMIN, sa, EventFilter())
+    # The kernel filter defaults to the syscalls the session counts.
+    assert k.ev_filters[hub.sessions[sa].slot or 0][1] == frozenset({READ})
+    k.emit(a, READ, 3)
+    k.emit(a, WRITE, 2)  # not selected: never leaves the kernel
+    k.emit(b, WRITE, 4)
+    k.ring_room = len(k.ring) + 1
+    k.emit(a, READ, 3)  # one fits, two are lost (counted in the kernel)
+    assert hub.pump_events() == 8
+    batch = sub_a.next_batch(timeout_s=0)
+    assert batch is not None and [e.nr for e in batch.events] == [READ] * 4
+    assert (batch.kernel_lost, batch.dropped, batch.last) == (2, 0, False)
+    # b's events were recorded before anyone streamed them: the first stream gets them.
+    late = hub.subscribe_events(ADMIN, sb, EventFilter())
+    got = late.next_batch(timeout_s=0)
+    assert got is not None and len(got.events) == 4
+    # A second stream on b did not see them, and says so.
+    second = hub.subscribe_events(ADMIN, sb, EventFilter())
+    hub.stop(ADMIN, sb)
+    end = second.next_batch(timeout_s=0)
+    assert end is not None and end.last and (len(end.events), end.dropped) == (0, 4)
+    assert hub.event_streams == 3
+    hub.unsubscribe_events(second)
+    assert hub.event_streams == 2
+
+
+def test_late_events_of_an_ended_session_never_reach_the_next_one(k: FakeProbe) -> None:
+    hub = hub_for(k, max_limits=1)
+    a = k.spawn()
+    s1 = start(hub, PidTarget(a), events=True)
+    slot = hub.sessions[s1].slot
+    old_gen = k.ev_gen[slot or 0]
+    hub.stop(ADMIN, s1)
+    b = k.spawn()
+    s2 = start(hub, PidTarget(b), events=True)
+    assert hub.sessions[s2].slot == slot  # the only slot, reused
+    sub = hub.subscribe_events(ADMIN, s2, EventFilter())
+    k.emit(a, READ, 2, slot_gen=(slot or 0, old_gen))  # a call s1's process was in
+    k.emit(b, READ, 1)
+    hub.pump_events()
+    batch = sub.next_batch(timeout_s=0)
+    assert batch is not None and [e.pid for e in batch.events] == [b]
+
+
+def test_events_need_a_slot_and_streams_are_bounded(k: FakeProbe) -> None:
+    hub = hub_for(k, max_limits=1, max_watchers=2)
+    a, b = k.spawn(), k.spawn()
+    sa = start(hub, PidTarget(a), events=True)
+    raises_kind(ErrorKind.EXHAUSTED, hub.start, ADMIN, PidTarget(b),
+                SessionOptions(events=True))
+    assert b not in k.tracked  # refused: nothing left behind
+    plain = start(hub, PidTarget(b))
+    raises_kind(ErrorKind.PRECONDITION, hub.subscribe_events, ADMIN, plain, EventFilter())
+    hub.subscribe_events(ADMIN, sa, EventFilter())
+    hub.watch(ADMIN, sa, 1000, False)
+    raises_kind(ErrorKind.EXHAUSTED, hub.subscribe_events, ADMIN, sa, EventFilter())
