@@ -8,8 +8,7 @@ from pathlib import Path
 
 from conftest import traced_json, tracerd
 
-from tracerd import syscalls
-from tracerd import _probe
+from tracerd import _probe, syscalls
 from tracerd._probe import MAP_LAYOUTS, Limits, Probe
 
 
