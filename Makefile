@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check budget-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel clean
+.PHONY: help setup demo test golden-check budget-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ serve: setup ## run the daemon in the foreground on /run/tracerd/tracerd.sock
 
 bench-kernel: setup ## in-kernel and wall cost per syscall vs empty programs (bench/kernel_cost)
 	$(PY) bench/kernel_cost.py
+
+bench-events: setup ## events/s streamed over gRPC without loss, vs strace/bpftrace (bench/events_throughput)
+	$(PY) bench/events_throughput.py
 
 clean: ## remove the virtualenv and build outputs
 	rm -rf $(VENV) build *.egg-info tests/fixtures/bin .pytest_cache .mypy_cache .ruff_cache
