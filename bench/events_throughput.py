@@ -198,6 +198,7 @@ def worker_remote(spec: dict[str, Any]) -> dict[str, Any]:
     """Trace the loop through the daemon at spec['socket']; returns a Run as a dict."""
     import grpc  # noqa: PLC0415 - workers only
 
+    from tracerd import _records  # noqa: PLC0415
     from tracerd._run import spawn_tracked  # noqa: PLC0415
     from tracerd._sessions import SessionOptions, SpawnedTarget  # noqa: PLC0415
     from tracerd.client import Client  # noqa: PLC0415
@@ -216,7 +217,9 @@ def worker_remote(spec: dict[str, Any]) -> dict[str, Any]:
     def consume(stream: Iterator[Any]) -> None:
         try:
             for b in stream:  # tracerd.client's EventBatch or the raw protobuf message
-                if count.add(len(b.events), b.kernel_lost, b.dropped, b.last):
+                n = len(b) if spec["typed"] else (
+                    _records.count(b.records) if spec["packed"] else len(b.events))
+                if count.add(n, b.kernel_lost, b.dropped, b.last):
                     return
             count.error = "the stream ended without its last batch"
         except Exception as e:
@@ -234,14 +237,16 @@ def worker_remote(spec: dict[str, Any]) -> dict[str, Any]:
         stream: Iterator[Any]
         if spec["typed"]:
             # tracerd.client: every event converted to a tracerd.model.SyscallEvent.
-            stream = client.stream_events(sid[0], queue=spec["queue"])
+            stream = client.stream_events(sid[0], queue=spec["queue"],
+                                          packed=spec["packed"])
         else:
             # The generated stub on its own channel: events are parsed (upb) and
             # counted, never converted, so the figure is the daemon's, not a client's.
             ch = grpc.insecure_channel(f"unix:{sock}")
             channels.append(ch)
             stream = pb_grpc.TracerStub(ch).StreamEvents(
-                pb.StreamEventsRequest(session_id=sid[0], queue=spec["queue"]))
+                pb.StreamEventsRequest(session_id=sid[0], queue=spec["queue"],
+                                       packed=spec["packed"]))
         threading.Thread(target=consume, args=(stream,), daemon=True).start()
         # Subscribed: the first events wait in the session's backlog until the stream
         # is served. Let the stream settle so the loop is not racing its set-up.
@@ -465,6 +470,7 @@ class Config:
     queue: int
     typed: bool
     ring_pages: int
+    packed: bool = True
 
 
 def run_worker(children: Children, cfg: Config, kind: str, rate: int,
@@ -473,6 +479,7 @@ def run_worker(children: Children, cfg: Config, kind: str, rate: int,
     out.unlink(missing_ok=True)
     spec = {"argv": loop_argv(cfg.binary, rate, cfg.seconds, cfg.cpu, out), "out": str(out),
             "socket": daemon.socket if daemon else "", "queue": cfg.queue, "typed": cfg.typed,
+            "packed": cfg.packed,
             "ring_pages": cfg.ring_pages, "timeout": 120.0 + 10 * cfg.seconds}
     cpu0 = daemon.cpu_s() if daemon else 0.0
     load = OtherLoad([daemon.proc.pid] if daemon else [])
@@ -676,8 +683,9 @@ def target_name(t: int) -> str:
 
 def render(meta: dict[str, Any], rows: Sequence[dict[str, Any]], head: dict[str, Any],
            peers: Sequence[dict[str, Any]], warnings: Sequence[str]) -> str:
-    client = "tracerd.client.Client.stream_events" if meta["typed_client"] else \
-        "generated stub, events parsed and counted"
+    client = "tracerd.client.Client.stream_events (decoded)" if meta["typed_client"] else \
+        "generated stub, events counted"
+    client += ", packed kernel records" if meta.get("packed", True) else ", a message per event"
     lines = [
         f"tracerd events throughput  {meta['date']}",
         f"kernel {meta['kernel']}  {meta['cpus']} CPUs ({meta['cpu_model']})  "
@@ -786,6 +794,7 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
         "reps": args.reps,
         "rates": args.rates,
         "queue": args.queue,
+        "packed": not args.messages,
         "typed_client": args.typed_client,
         "local_ring_pages": args.local_ring_pages,
         "python": platform.python_version(),
@@ -822,6 +831,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--typed-client", action="store_true",
                    help="consume with tracerd.client.Client.stream_events (converts each "
                    "event) instead of counting the protobuf messages")
+    p.add_argument("--messages", action="store_true",
+                   help="StreamEvents with one protobuf message per event instead of the "
+                   "packed kernel records (the default)")
     p.add_argument("--no-peers", action="store_true", help="skip untraced/strace/bpftrace")
     p.add_argument("--no-local", action="store_true", help="skip tracerd in-process")
     p.add_argument("--no-install", action="store_true",
@@ -867,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tracerd-bench-") as tmp:
             cfg = Config(binary=build_loop(RESULTS), workdir=Path(tmp), seconds=args.seconds,
                          cpu=args.cpu, queue=args.queue, typed=args.typed_client,
-                         ring_pages=args.local_ring_pages)
+                         ring_pages=args.local_ring_pages, packed=not args.messages)
             try:
                 # Peers first, with no tracerd loaded: its programs on the syscall hooks
                 # would slow every process down (bench/kernel_cost.py's "untracked").

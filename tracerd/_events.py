@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import _records
 from .model import SyscallEvent
 
 #: Events a subscriber may have waiting before newer ones are dropped (and counted).
@@ -30,10 +31,11 @@ class EventFilter:
     pids: frozenset[int] = frozenset()
     tids: frozenset[int] = frozenset()
 
-    def wants(self, ev: SyscallEvent) -> bool:
-        return ((not self.syscalls or ev.nr in self.syscalls)
-                and (not self.pids or ev.pid in self.pids)
-                and (not self.tids or ev.tid in self.tids))
+    def wants(self, record: bytes) -> bool:
+        pid, tid, nr = _records.ids_of(record)
+        return ((not self.syscalls or nr in self.syscalls)
+                and (not self.pids or pid in self.pids)
+                and (not self.tids or tid in self.tids))
 
     @property
     def everything(self) -> bool:
@@ -43,6 +45,9 @@ class EventFilter:
 @dataclass(frozen=True)
 class EventBatch:
     """Events in kernel order (per CPU; per thread they are in order), and the losses so far.
+
+    Either ``events`` (decoded) or ``records`` (the kernel's raw records, tracerd._records)
+    holds the batch, as the subscriber asked.
 
     ``kernel_lost``: events of the session the kernel could not record (ring buffer full,
     or a call pushed out of the in-flight map); ``dropped``: events this subscriber's queue
@@ -54,10 +59,14 @@ class EventBatch:
     kernel_lost: int
     dropped: int
     last: bool = False
+    records: Sequence[bytes] = ()
 
     @property
     def lost(self) -> int:
         return self.kernel_lost + self.dropped
+
+    def __len__(self) -> int:
+        return len(self.events) or len(self.records)
 
 
 class EventSubscriber:
@@ -67,7 +76,7 @@ class EventSubscriber:
         self.channel = channel
         self.filter = flt
         self.queue_max = queue_max
-        self._queue: deque[SyscallEvent] = deque()
+        self._queue: deque[bytes] = deque()
         #: events of the session this subscriber will not get: its queue was full, or
         #: they came before it subscribed and another subscriber took the backlog
         self.dropped = 0
@@ -75,7 +84,7 @@ class EventSubscriber:
         self.closed = False
 
     # producer side (channel lock held)
-    def _offer(self, events: Sequence[SyscallEvent]) -> None:
+    def _offer(self, events: Sequence[bytes]) -> None:
         if not self.filter.everything:
             events = [e for e in events if self.filter.wants(e)]
         room = self.queue_max - len(self._queue)
@@ -85,9 +94,10 @@ class EventSubscriber:
         self._queue.extend(events)
 
     # consumer side
-    def next_batch(self, max_events: int = 4096, timeout_s: float | None = None
-                   ) -> EventBatch | None:
-        """Up to ``max_events`` events, waiting up to ``timeout_s`` for the first one.
+    def next_batch(self, max_events: int = 4096, timeout_s: float | None = None, *,
+                   raw: bool = False) -> EventBatch | None:
+        """Up to ``max_events`` events, waiting up to ``timeout_s`` for the first one;
+        ``raw``: as the kernel's records, not decoded (the cheap way to pass them on).
 
         None on timeout with nothing new. After the batch marked ``last``, returns one
         empty ``last`` batch again on every call.
@@ -101,10 +111,15 @@ class EventSubscriber:
                     return None
                 ch.cond.wait(left)
             n = min(max_events, len(self._queue))
-            events = [self._queue.popleft() for _ in range(n)]
+            records = [self._queue.popleft() for _ in range(n)]
             self.received += n
-            return EventBatch(events=events, kernel_lost=ch.kernel_lost, dropped=self.dropped,
-                              last=ch.closed and not self._queue)
+            lost, dropped, last = ch.kernel_lost, self.dropped, ch.closed and not self._queue
+        # Decoded outside the lock: the producer never waits for it.
+        if raw:
+            return EventBatch(events=(), records=records, kernel_lost=lost, dropped=dropped,
+                              last=last)
+        return EventBatch(events=[_records.decode(r) for r in records], kernel_lost=lost,
+                          dropped=dropped, last=last)
 
     def close(self) -> None:
         """Stop receiving (the client went away); frees the queue at once."""
@@ -124,7 +139,8 @@ class EventChannel:
         self.routed = 0  #: events the session received from the kernel
         self.closed = False
 
-    def offer(self, events: Sequence[SyscallEvent], kernel_lost: int) -> None:
+    def offer(self, events: Sequence[bytes], kernel_lost: int) -> None:
+        """Records (tracerd._records) of this session, in kernel order."""
         with self.cond:
             self.kernel_lost = max(self.kernel_lost, kernel_lost)
             if self.closed:

@@ -17,14 +17,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from . import _btf
+from . import _btf, _records
 from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
 from .model import (
     HIST_BUCKETS,
     LIMIT_RULES,
-    ArgData,
     ArgKind,
     ArgRead,
     Drops,
@@ -112,13 +111,9 @@ class SysEvent(ct.Structure):
     _fields_ = [("start_ns", ct.c_uint64), ("end_ns", ct.c_uint64), ("pid", ct.c_uint32),
                 ("tid", ct.c_uint32), ("nr", ct.c_uint32), ("slot", ct.c_uint32),
                 ("ret", ct.c_int64), ("args", ct.c_uint64 * 6), ("flags", ct.c_uint32),
-                ("len", ct.c_uint16 * _EV_DATA_ARGS)]
+                ("len", ct.c_uint16 * _EV_DATA_ARGS), ("kind", ct.c_uint8 * _EV_DATA_ARGS),
+                ("idx", ct.c_uint8 * _EV_DATA_ARGS), ("_pad", ct.c_uint32)]
 
-
-#: struct sys_event as read from the ring: the ctypes mirror above is what the layout
-#: test checks; this is its fast path.
-_SYS_EVENT = struct.Struct("<QQIIIIq6QIHH")
-_SEF_NO_RETURN, _SEF_TRUNC0, _SEF_TRUNC1, _SEF_DATA0, _SEF_DATA1 = 1, 2, 4, 16, 32
 # enum len_src
 _LEN_MAX, _LEN_ARG, _LEN_RET, _LEN_PTR = 0, 1, 2, 3
 
@@ -151,10 +146,15 @@ class RingReader:
     its sample, padded to 8 bytes. A record still BUSY (reserved, not yet submitted)
     stops the read there; it is read next time.
 
-    Memory order: the kernel publishes with release semantics. Python cannot issue
-    an acquire barrier, but every load here follows the header's load through several
-    function calls; x86_64 keeps loads in order, and on arm64 the window in which a
-    sample could be seen before its header is far shorter than that (known gap).
+    The positions are read and written as single aligned 8-byte accesses (ctypes on
+    libc's mmap): Python's mmap and struct move them a byte at a time, and a kernel that
+    reads a torn consumer position (low bytes new, high bytes old) sees the ring full
+    once positions pass 2^24 and drops records that would have fit.
+
+    Memory order: the kernel publishes with release semantics; Python issues no
+    barriers. Every sample is copied out before the new consumer position is stored, and
+    loads of a record follow the load of its header through several calls; x86_64 keeps
+    loads in order, and on arm64 the window is far shorter than that (known gap).
     """
 
     _BUSY, _DISCARD = 1 << 31, 1 << 30
@@ -164,41 +164,59 @@ class RingReader:
         self.fd = map_fd
         self.size = data_pages * page
         self._mask = self.size - 1
-        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                               offset=0)
-        self._prod = mmap.mmap(map_fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ,
-                               offset=page)
-        self._data_off = page
-        self._u64 = struct.Struct("<Q")
+        libc = ct.CDLL(None, use_errno=True)
+        libc.mmap.restype = ct.c_void_p
+        libc.mmap.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int, ct.c_int, ct.c_int,
+                              ct.c_long]
+        libc.munmap.argtypes = [ct.c_void_p, ct.c_size_t]
+        self._munmap = libc.munmap
+        self._maps: list[tuple[int, int]] = []
+        cons = self._map(libc, page, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        prod = self._map(libc, page + 2 * self.size, mmap.PROT_READ, page)
+        self._cons_pos = ct.c_uint64.from_address(cons)
+        self._prod_pos = ct.c_uint64.from_address(prod)
+        # Data after the producer page, readable as a buffer (slices are copies).
+        self._data = (ct.c_char * (2 * self.size)).from_address(prod + page)
         self._u32 = struct.Struct("<I")
+
+    def _map(self, libc: Any, length: int, prot: int, offset: int) -> int:
+        addr = libc.mmap(None, length, prot, mmap.MAP_SHARED, self.fd, offset)
+        if addr in (None, ct.c_void_p(-1).value):
+            err = ct.get_errno()
+            self.close()
+            raise OSError(err, f"mmap of the event ring buffer: {os.strerror(err)}")
+        self._maps.append((addr, length))
+        return int(addr)
 
     def read(self, limit: int = 1 << 20) -> list[bytes]:
         """Up to ``limit`` submitted samples, oldest first; frees their space."""
-        cons = self._u64.unpack_from(self._cons, 0)[0]
-        prod = self._u64.unpack_from(self._prod, 0)[0]
+        cons = self._cons_pos.value
+        prod = self._prod_pos.value
         out: list[bytes] = []
-        data, base, mask = self._prod, self._data_off, self._mask
+        data, mask = self._data, self._mask
         unpack = self._u32.unpack_from
+        busy, discard = self._BUSY, self._DISCARD
         while cons < prod and len(out) < limit:
-            off = base + (cons & mask)
+            off = cons & mask
             hdr = unpack(data, off)[0]
-            if hdr & self._BUSY:
+            if hdr & busy:
                 break
-            length = hdr & ~(self._BUSY | self._DISCARD)
-            if not hdr & self._DISCARD:
-                out.append(data[off + 8:off + 8 + length])
+            length = hdr & ~(busy | discard)
+            if not hdr & discard:
+                # A c_char array's slice is a bytes copy (typeshed says a list).
+                out.append(cast(bytes, data[off + 8:off + 8 + length]))
             cons += (length + 8 + 7) & ~7
-        self._u64.pack_into(self._cons, 0, cons)
+        self._cons_pos.value = cons
         return out
 
     def pending(self) -> bool:
         """Records not read yet (some possibly still being written)."""
-        cons = self._u64.unpack_from(self._cons, 0)[0]
-        return bool(cons < self._u64.unpack_from(self._prod, 0)[0])
+        return bool(self._cons_pos.value < self._prod_pos.value)
 
     def close(self) -> None:
-        self._cons.close()
-        self._prod.close()
+        for addr, length in self._maps:
+            self._munmap(addr, length)
+        self._maps = []
 
 
 class CommKey(ct.Structure):
@@ -530,34 +548,13 @@ class Probe:
             self._sys_ring = RingReader(fd, self.limits.ev_ringbuf_pages)
         return self._sys_ring
 
+    def read_sys_records(self, limit: int = 1 << 20) -> list[bytes]:
+        """Raw syscall event records waiting in the ring, oldest first (tracerd._records)."""
+        return self._ring().read(limit)
+
     def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
         """Syscall events waiting in the ring, oldest first, as (slot | gen << 16, event)."""
-        out: list[tuple[int, SyscallEvent]] = []
-        unpack = _SYS_EVENT.unpack_from
-        decode = self._decode
-        hdr_size = _SYS_EVENT.size
-        for raw in self._ring().read(limit):
-            (start, end, pid, tid, nr, slot, ret, a0, a1, a2, a3, a4, a5, flags, len0,
-             len1) = unpack(raw)
-            data: tuple[ArgData, ...] = ()
-            if len(raw) > hdr_size:
-                reads = decode.get(nr, ())
-                items = []
-                for i, (n, trunc, ok) in enumerate(((len0, flags & _SEF_TRUNC0,
-                                                      flags & _SEF_DATA0),
-                                                     (len1, flags & _SEF_TRUNC1,
-                                                      flags & _SEF_DATA1))):
-                    if i >= len(reads) or not ok:
-                        continue
-                    at = hdr_size + i * _EV_DATA_LEN
-                    items.append(ArgData(index=reads[i].index, kind=reads[i].kind,
-                                         value=raw[at:at + n], truncated=bool(trunc)))
-                data = tuple(items)
-            out.append((slot, SyscallEvent(
-                start_ns=start, end_ns=end, pid=pid, tid=tid, nr=nr,
-                ret=None if flags & _SEF_NO_RETURN else ret,
-                args=(a0, a1, a2, a3, a4, a5), data=data)))
-        return out
+        return [(_records.slot_of(r), _records.decode(r)) for r in self._ring().read(limit)]
 
     def limit_process(self, pid: int, slot: int | None) -> bool:
         """Put a tracked process under limits[slot] (None: under none); False if it is

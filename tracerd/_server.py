@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import __version__, _convert, syscalls
+from . import __version__, _convert, _records, syscalls
 from ._config import LOCAL, DaemonConfig, Token, check_transport, load_tokens, match_token
 from ._errors import BadInput, TracerdError
 from ._sessions import (
@@ -239,11 +239,17 @@ class Servicer(pb_grpc.TracerServicer):
         # Bounded so one batch stays well under the message size limit (an event with
         # two copied arguments is under 700 bytes).
         most = min(request.max_batch or 4096, 4096)
+        packed = request.packed
         while context.is_active():
-            batch = sub.next_batch(most, timeout_s=0.25)
+            batch = sub.next_batch(most, timeout_s=0.25, raw=packed)
             if batch is None:
                 continue
-            yield _convert.batch_to_pb(batch, self.name_of)
+            if packed:
+                yield pb.EventBatch(records=_records.pack(batch.records),
+                                    kernel_lost=batch.kernel_lost, dropped=batch.dropped,
+                                    lost=batch.lost, last=batch.last)
+            else:
+                yield _convert.batch_to_pb(batch, self.name_of)
             if batch.last:
                 return
 

@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from . import _procfs, syscalls
+from . import _procfs, _records, syscalls
 from ._budgets import Assertion, Evaluator, Result, Sample, matching_syscalls, newly_failed
 from ._events import EventChannel, EventFilter, EventSubscriber
 from .model import (
@@ -45,7 +45,6 @@ from .model import (
     LifecycleEvent,
     ProcessInfo,
     Report,
-    SyscallEvent,
     SyscallStats,
 )
 
@@ -82,7 +81,7 @@ class ProbeLike(Protocol):
     def events_lost(self, slot: int) -> int: ...
     def sys_events_fd(self) -> int: ...
     def sys_events_pending(self) -> bool: ...
-    def read_sys_events(self, limit: int = ...) -> list[tuple[int, SyscallEvent]]: ...
+    def read_sys_records(self, limit: int = ...) -> list[bytes]: ...
 
 
 class LimitStateLike(Protocol):
@@ -821,12 +820,19 @@ class Hub:
     def pump_events(self, limit: int = 1 << 16) -> int:
         """Route the syscall events waiting in the kernel to their sessions; how many."""
         with self._ev_lock:
-            batch = self.probe.read_sys_events(limit)
+            batch = self.probe.read_sys_records(limit)
             if not batch:
                 return 0
-            by_slot: dict[int, list[SyscallEvent]] = {}
-            for tagged, ev in batch:
-                by_slot.setdefault(tagged, []).append(ev)
+            # Kept as the kernel's records: one object per event less (tracerd._records).
+            by_slot: dict[int, list[bytes]] = {}
+            slot_of = _records.slot_of
+            for rec in batch:
+                tagged = slot_of(rec)
+                group = by_slot.get(tagged)
+                if group is None:
+                    by_slot[tagged] = [rec]
+                else:
+                    group.append(rec)
             for tagged, events in by_slot.items():
                 # Read without the hub lock: a dict lookup. The generation tells this
                 # slot's session from an earlier holder whose last events arrive late

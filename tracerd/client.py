@@ -23,7 +23,7 @@ from types import TracebackType
 
 import grpc
 
-from . import _convert, syscalls
+from . import _convert, _records, syscalls
 from ._config import DEFAULT_SOCKET
 from ._errors import TracerdError
 from ._events import EventBatch, EventFilter
@@ -208,16 +208,28 @@ class Client:
         return _convert.summary_from_pb(resp.session), _convert.report_from_pb(resp.report)
 
     def stream_events(self, session_id: str, flt: EventFilter | None = None, *,
-                      max_batch: int = 0, queue: int = 0) -> Iterator[EventBatch]:
-        """Batches of a session's syscall events until the one marked ``last``."""
+                      max_batch: int = 0, queue: int = 0, packed: bool = True,
+                      decode: bool = True) -> Iterator[EventBatch]:
+        """Batches of a session's syscall events until the one marked ``last``.
+
+        ``packed`` (the default) has the daemon send the kernel's records, decoded here
+        (``decode``) or handed over raw in ``EventBatch.records`` (tracerd._records).
+        """
         req = pb.StreamEventsRequest(
-            session_id=session_id, max_batch=max_batch, queue=queue,
+            session_id=session_id, max_batch=max_batch, queue=queue, packed=packed,
             filter=_convert.event_filter_to_pb(flt or EventFilter(),
                                                syscalls.table_for().name))
         stream = self._stub.StreamEvents(req, metadata=self._metadata)
         try:
             for m in stream:
-                yield _convert.batch_from_pb(m)
+                if not packed:
+                    yield _convert.batch_from_pb(m)
+                    continue
+                records = list(_records.unpack(m.records))
+                yield EventBatch(
+                    events=[_records.decode(r) for r in records] if decode else (),
+                    records=() if decode else records, kernel_lost=m.kernel_lost,
+                    dropped=m.dropped, last=m.last)
         except grpc.RpcError as e:
             raise self._err(e) from None
         finally:

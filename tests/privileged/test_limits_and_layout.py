@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import traced_json, tracerd
 
-from tracerd import _probe, syscalls
+from tracerd import _probe, _records, syscalls
 from tracerd._probe import MAP_LAYOUTS, Limits, Probe
 
 
@@ -44,7 +44,7 @@ def test_python_structs_match_compiled_layout() -> None:
                 assert ct.sizeof(table.Key) == ct.sizeof(key), name
                 assert _layout(table.Key) == _layout(key), name
     # The ring's records are parsed with a struct.Struct, not the ctypes mirror.
-    assert _probe._SYS_EVENT.size == ct.sizeof(_probe.SysEvent)
+    assert _records.HEADER.size == ct.sizeof(_probe.SysEvent)
 
 
 def test_reads_are_cumulative_and_never_clear() -> None:

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracerd import _budgets, _procfs, _sessions
+from tracerd import _budgets, _procfs, _records, _sessions
 from tracerd._events import EventFilter
 from tracerd._procfs import ProcStat
 from tracerd._sessions import (
@@ -132,7 +132,7 @@ class FakeProbe:
         # per-syscall events: slot -> (gen, mask or None); the ring; lost per slot
         self.ev_filters: dict[int, tuple[int, frozenset[int] | None]] = {}
         self.ev_gen: dict[int, int] = {}
-        self.ring: list[tuple[int, SyscallEvent]] = []
+        self.ring: list[bytes] = []
         self.ev_lost: dict[int, int] = {}
         self.ring_room: int | None = None  # None: unbounded
         self._pipe = os.pipe()  # never readable: the pump thread just times out
@@ -212,7 +212,7 @@ class FakeProbe:
     def sys_events_pending(self) -> bool:
         return False
 
-    def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
+    def read_sys_records(self, limit: int = 1 << 20) -> list[bytes]:
         out, self.ring = self.ring[:limit], self.ring[limit:]
         return out
 
@@ -233,8 +233,9 @@ class FakeProbe:
                 self.ev_lost[slot_gen[0]] = self.ev_lost.get(slot_gen[0], 0) + 1
                 continue
             t = self.clock()
-            self.ring.append((slot_gen[0] | slot_gen[1] << 16, SyscallEvent(
-                start_ns=t, end_ns=t + 1, pid=pid, tid=pid, nr=nr, ret=0, args=(0,) * 6)))
+            self.ring.append(_records.encode(SyscallEvent(
+                start_ns=t, end_ns=t + 1, pid=pid, tid=pid, nr=nr, ret=0, args=(0,) * 6),
+                slot_gen[0] | slot_gen[1] << 16))
 
     def remove_rule(self, kind: str, value: str | int) -> None:
         self.rule_log.append(("remove", kind, value))

@@ -1490,6 +1490,7 @@ class StreamEventsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session, started with options.events."""
     max_batch: _builtins.int
@@ -1497,6 +1498,10 @@ class StreamEventsRequest(_message.Message):
     queue: _builtins.int
     """Events this stream may have waiting before newer ones are dropped; 0: the
     daemon's default (1048576).
+    """
+    packed: _builtins.bool
+    """Send EventBatch.records (the kernel's records, packed) instead of events: the
+    daemon then builds no message per event, which is what limits the event rate.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
@@ -1509,10 +1514,11 @@ class StreamEventsRequest(_message.Message):
         filter: Global___EventFilter | None = ...,
         max_batch: _builtins.int = ...,
         queue: _builtins.int = ...,
+        packed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "max_batch", b"max_batch", "queue", b"queue", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "max_batch", b"max_batch", "packed", b"packed", "queue", b"queue", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1627,6 +1633,7 @@ class EventBatch(_message.Message):
     DROPPED_FIELD_NUMBER: _builtins.int
     LOST_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
     kernel_lost: _builtins.int
     """Events of the session the kernel could not record, cumulative."""
     dropped: _builtins.int
@@ -1635,6 +1642,15 @@ class EventBatch(_message.Message):
     """kernel_lost + dropped."""
     last: _builtins.bool
     """No batch follows: the session ended and everything was delivered."""
+    records: _builtins.bytes
+    """With StreamEventsRequest.packed, the events instead of `events`: records back
+    to back, each a little-endian u16 length then struct sys_event of
+    bpf/syscount.h (104 bytes: start_ns u64, end_ns u64, pid u32, tid u32, nr u32,
+    slot u32, ret s64, args u64[6], flags u32 (1 no return, 2/4 data[0]/[1] cut,
+    16/32 data[0]/[1] present), len u16[2], kind u8[2] (ArgKind), idx u8[2],
+    pad u32), followed, when the length says so, by data[2][256].
+    tracerd._records decodes them.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyscallEvent]:
         """The events of this batch."""
@@ -1647,10 +1663,11 @@ class EventBatch(_message.Message):
         dropped: _builtins.int = ...,
         lost: _builtins.int = ...,
         last: _builtins.bool = ...,
+        records: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "events", b"events", "kernel_lost", b"kernel_lost", "last", b"last", "lost", b"lost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "events", b"events", "kernel_lost", b"kernel_lost", "last", b"last", "lost", b"lost", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
