@@ -147,9 +147,11 @@ class RingReader:
     stops the read there; it is read next time.
 
     The positions are read and written as single aligned 8-byte accesses (ctypes on
-    libc's mmap): Python's mmap and struct move them a byte at a time, and a kernel that
-    reads a torn consumer position (low bytes new, high bytes old) sees the ring full
-    once positions pass 2^24 and drops records that would have fit.
+    libc's mmap): struct moves them a byte at a time, so a producer position read while
+    the kernel updates it can come out torn (too high: stale records past it are "read"
+    and the consumer position written back runs ahead of the producer's), and the
+    kernel, seeing the ring full, drops records that would have fit. It showed once the
+    positions had wrapped (tests/privileged/test_events.py, 2^24).
 
     Memory order: the kernel publishes with release semantics; Python issues no
     barriers. Every sample is copied out before the new consumer position is stored, and
