@@ -50,7 +50,7 @@ RESULTS = BENCH / "results"  # git-ignored
 TRACERD = ROOT / ".venv" / "bin" / "tracerd"
 
 TARGET_EVENTS_PER_S = 500_000  # from the issue: delivered over gRPC, without loss
-DEFAULT_RATES = "10k,25k,50k,75k,100k,125k,150k,200k,300k,500k,800k,0"
+DEFAULT_RATES = "10k,25k,50k,75k,100k,125k,150k,200k,300k,500k,550k,600k,650k,800k,0"
 QUICK_RATES = "50k,100k,200k,500k,0"
 BIG = 1 << 40  # "no call limit": the loop stops on its time limit
 OTHER_LOAD_WARN = 0.25  # CPUs used by other processes during a run worth a warning
