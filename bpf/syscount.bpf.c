@@ -258,6 +258,11 @@ static __always_inline void fill_event(struct sys_event *e, const struct ev_infl
 	e->flags = flags;
 	e->len[0] = 0;
 	e->len[1] = 0;
+	e->kind[0] = 0;
+	e->kind[1] = 0;
+	e->idx[0] = 0;
+	e->idx[1] = 0;
+	e->_pad = 0;
 }
 
 /* Record one completed (or never-returning) syscall of an events session. */
@@ -282,6 +287,10 @@ static __always_inline void emit_syscall(const struct ev_inflight *in, __u32 tgi
 		return;
 	}
 	fill_event(&e->hdr, in, tgid, tid, start, end, ret, flags);
+	e->hdr.kind[0] = d->kind[0];
+	e->hdr.kind[1] = d->kind[1];
+	e->hdr.idx[0] = d->idx[0];
+	e->hdr.idx[1] = d->idx[1];
 	int trunc = 0, ok = 0;
 	if (flags & SEF_EXEC_PATH) {
 		struct path_key *pk = ev_exec_path.lookup(&tgid);

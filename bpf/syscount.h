@@ -214,6 +214,9 @@ struct sys_event {
 	__u64 args[6];
 	__u32 flags;    /* SEF_* */
 	__u16 len[EV_DATA_ARGS]; /* bytes in data[i] (a PATH without its NUL) */
+	__u8 kind[EV_DATA_ARGS]; /* enum arg_kind of data[i]: records describe themselves */
+	__u8 idx[EV_DATA_ARGS];  /* the argument data[i] was copied from */
+	__u32 _pad;
 };
 struct sys_event_data {
 	struct sys_event hdr;

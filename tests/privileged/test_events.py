@@ -216,6 +216,20 @@ def test_daemon_streams_events_and_counts_a_slow_client(tmp_path: Path,
         assert got[-1].last
         assert received + got[-1].lost == calls and got[-1].dropped > 0
 
+        # `sessions events ID`: a session started on a running process streams from
+        # then on, and the command ends with the session.
+        napper = subprocess.Popen(["sleep", "1"])
+        started = dm.cli("start", "--pid", str(napper.pid), "--events")
+        assert started.returncode == 0, started.stderr
+        out = tmp_path / "session-events.json"
+        streamed = dm.cli("events", started.stdout.strip(), "--json", "-o", str(out))
+        napper.wait()
+        assert streamed.returncode == 0, streamed.stderr
+        sdoc = json.loads(out.read_text())
+        assert sdoc["metadata"]["complete"] and sdoc["metadata"]["lost"] == 0
+        assert sdoc["events"][-1]["name"] == "exit_group"
+        assert {e["pid"] for e in sdoc["events"]} == {napper.pid}
+
         sleeper = subprocess.Popen(["sleep", "30"])
         try:
             plain = dm.cli("start", "--pid", str(sleeper.pid))
