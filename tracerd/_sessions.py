@@ -967,11 +967,26 @@ class Hub:
                 seen.update(new)
             if pid not in sess.members:
                 raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
+            self._check_events_slot(sess, pid, field_)
             return
         spawned = isinstance(target, SpawnedTarget)
         self._join(sess, pids, argv_hint=sess.command if spawned else None)
         if pid not in sess.members:
             raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
+        self._check_events_slot(sess, pid, field_)
+
+    def _check_events_slot(self, sess: Session, pid: int, field_: str) -> None:
+        """Refuse an events session whose root already reports to another session: a
+        process has one kernel slot, so its events would go there, and this session would
+        count its calls and silently see none of them."""
+        if sess.events is None or sess.slot is None:
+            return
+        other = self.probe.limit_slot(pid)
+        if other != sess.slot:
+            owner = self._slot_owner.get(other) if other is not None else None
+            raise RequestError(ErrorKind.PRECONDITION, f"{field_}: process {pid} already "
+                               "sends its events or kill budget to session "
+                               f"{owner.id if owner else '?'} (one kernel slot per process)")
 
     def _start_cgroup(self, sess: Session, caller: Caller, target: CgroupTarget) -> None:
         if caller.uids is not None or not caller.exec_rules:

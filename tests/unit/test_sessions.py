@@ -1878,3 +1878,13 @@ def test_events_need_a_slot_and_streams_are_bounded(k: FakeProbe) -> None:
     hub.subscribe_events(ADMIN, sa, EventFilter())
     hub.watch(ADMIN, sa, 1000, False)
     raises_kind(ErrorKind.EXHAUSTED, hub.subscribe_events, ADMIN, sa, EventFilter())
+
+
+def test_an_events_session_is_refused_where_another_session_has_the_slot(k: FakeProbe) -> None:
+    hub = hub_for(k)
+    a = k.spawn()
+    first = start(hub, PidTarget(a), events=True)
+    raises_kind(ErrorKind.PRECONDITION, hub.start, ADMIN, PidTarget(a),
+                SessionOptions(events=True))
+    assert k.slot[a] == hub.sessions[first].slot  # the first one keeps it
+    start(hub, PidTarget(a))  # counting alone is fine
