@@ -707,6 +707,7 @@ class Probe:
 
     def drops(self) -> Drops:
         per_cpu = self._bpf[b"counters"]
-        vals = [sum(per_cpu[ct.c_int(i)]) for i in range(3)]
+        vals = [sum(per_cpu[ct.c_int(i)]) for i in range(4)]
         return Drops(stats_full=vals[_C_STATS_FULL], events_lost=vals[_C_EVENTS_LOST],
-                     pid_out_of_range=vals[_C_PID_RANGE])
+                     pid_out_of_range=vals[_C_PID_RANGE],
+                     syscall_events_lost=vals[_C_SYS_EVENTS_LOST])

@@ -16,7 +16,8 @@ JSON schema (``REPORT_SCHEMA``, currently ``tracerd.report/v1``)::
       "duration_ns": int | null,     # derived: end_ns - start_ns
       "exit": EXIT | null,
       "interrupted": str | null,     # why the trace ended early (optional on input)
-      "drops": {"stats_full": int, "events_lost": int, "pid_out_of_range": int},
+      "drops": {"stats_full": int, "events_lost": int, "pid_out_of_range": int,
+                "syscall_events_lost": int},
       "processes": [                 # sorted by pid (pid 0: folded exited processes)
         {"pid": int, "ppid": int, "comm": str, "argv": [str, ...], "filename": str,
          "uid": int | null, "cgroup": str,                  # optional on input
@@ -242,6 +243,9 @@ def _drops_footer(drops: Drops) -> str | None:
     if drops.pid_out_of_range:
         parts.append(_plural(drops.pid_out_of_range, "fork", "forks")
                      + " not tracked (pid above the limit sized at load time)")
+    if drops.syscall_events_lost:
+        parts.append(_plural(drops.syscall_events_lost, "syscall event", "syscall events")
+                     + " not recorded (the counts above are complete)")
     if not parts:
         return None
     return "tracerd: WARNING: " + ", ".join(parts)
@@ -346,6 +350,7 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
             "stats_full": report.drops.stats_full,
             "events_lost": report.drops.events_lost,
             "pid_out_of_range": report.drops.pid_out_of_range,
+            "syscall_events_lost": report.drops.syscall_events_lost,
         },
         "processes": procs,
         "budget": [result_to_dict(r) for r in report.budget],
@@ -572,6 +577,9 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
             stats_full=_get_int(drops_d, "stats_full", "drops."),
             events_lost=_get_int(drops_d, "events_lost", "drops."),
             pid_out_of_range=_get_int(drops_d, "pid_out_of_range", "drops."),
+            # Absent from reports written before events existed.
+            syscall_events_lost=_int(drops_d.get("syscall_events_lost", 0),
+                                     "drops.syscall_events_lost"),
         ),
         budget=[_result_from(r, f"budget[{i}]")
                 for i, r in enumerate(_list(d.get("budget", []), "budget"))],

@@ -169,6 +169,10 @@ def test_flood_loses_events_never_counts(fixture_bin: Path) -> None:
     assert outcome.report.totals()[getppid].calls == 600000  # the aggregates stay exact
     assert lost > 0 and batches[-1].dropped == 0
     assert received + lost == calls
+    # Reported with the run's drops too (GetInfo and reports carry the same counter), and
+    # not as a drop that makes counts incomplete.
+    assert outcome.report.drops.syscall_events_lost == lost
+    assert outcome.report.drops.total() == 0
 
 
 def test_no_loss_past_2_pow_24_in_the_ring(fixture_bin: Path) -> None:

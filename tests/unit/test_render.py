@@ -317,6 +317,11 @@ def test_drops_footer_names_each_nonzero_counter() -> None:
     assert text.splitlines()[-1] == (
         "tracerd: WARNING: 1 fork not tracked (pid above the limit sized at load time)"
     )
+    text = render_text(_two_process_report(Drops(syscall_events_lost=5)), name_of)
+    assert text.splitlines()[-1] == (
+        "tracerd: WARNING: 5 syscall events not recorded (the counts above are complete)"
+    )
+    assert Drops(syscall_events_lost=5).total() == 0  # counts stay complete: not a drop
     text = render_text(_two_process_report(Drops(stats_full=1, events_lost=1)), name_of)
     assert text.splitlines()[-1] == (
         "tracerd: WARNING: 1 syscall not counted (stats map full), "
@@ -334,7 +339,8 @@ def test_report_to_dict_layout() -> None:
     assert d["schema"] == REPORT_SCHEMA == "tracerd.report/v1"
     assert d["duration_ns"] == 2_000_002_000
     assert d["exit"] == {"code": 0, "signal": None, "core_dumped": False, "status": 0}
-    assert d["drops"] == {"stats_full": 0, "events_lost": 2, "pid_out_of_range": 0}
+    assert d["drops"] == {"stats_full": 0, "events_lost": 2, "pid_out_of_range": 0,
+                          "syscall_events_lost": 0}
     assert [p["pid"] for p in d["processes"]] == [200, 300]
     child = d["processes"][1]
     assert child["exit"] is None and child["end_ns"] is None

@@ -1205,22 +1205,28 @@ class Drops(_message.Message):
     STATS_FULL_FIELD_NUMBER: _builtins.int
     EVENTS_LOST_FIELD_NUMBER: _builtins.int
     PID_OUT_OF_RANGE_FIELD_NUMBER: _builtins.int
+    SYSCALL_EVENTS_LOST_FIELD_NUMBER: _builtins.int
     stats_full: _builtins.int
     """Syscalls not counted: statistics map full."""
     events_lost: _builtins.int
     """Lifecycle events lost: ring buffer full."""
     pid_out_of_range: _builtins.int
     """Forks whose pid exceeded the pid array."""
+    syscall_events_lost: _builtins.int
+    """Per-syscall events not recorded, any session's (ring buffer full, in-flight
+    map full); counts are never affected. Per session: EventBatch.kernel_lost.
+    """
     def __init__(
         self,
         *,
         stats_full: _builtins.int = ...,
         events_lost: _builtins.int = ...,
         pid_out_of_range: _builtins.int = ...,
+        syscall_events_lost: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_lost", b"events_lost", "pid_out_of_range", b"pid_out_of_range", "stats_full", b"stats_full"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_lost", b"events_lost", "pid_out_of_range", b"pid_out_of_range", "stats_full", b"stats_full", "syscall_events_lost", b"syscall_events_lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
