@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check budget-check unit privileged lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
+.PHONY: help setup demo test golden-check budget-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ unit: setup ## fast pure-logic tests only
 
 privileged: setup ## real-BPF tests only (root)
 	$(PY) -m pytest -q -ra tests/privileged
+
+reliability: setup ## faults and load on the real kernel and daemon (tests/reliability)
+	$(PY) -m pytest -q -ra tests/reliability
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check tracerd tests tools bench

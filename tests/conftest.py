@@ -39,7 +39,7 @@ def _bpf_unavailable() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = _bpf_unavailable()
     for item in items:
-        if "privileged" in item.path.parts:
+        if "privileged" in item.path.parts or "reliability" in item.path.parts:
             item.add_marker(pytest.mark.privileged)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
