@@ -100,16 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
-    if not specs:
-        return None
-    cleaned = [s.split("=", 1)[1] if s.startswith("trace=") else s for s in specs]
-    try:
-        return syscalls.resolve(cleaned, arch)
-    except ValueError as e:
-        raise TracerdError(str(e), EXIT_USAGE) from None
-
-
 def _say_violation(v: Violation) -> None:
     print(_cli_daemon.violation_line(v), file=sys.stderr, flush=True)
 
@@ -156,7 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if command:
         resolve_command(command[0])  # fail before spending time loading BPF
     arch = syscalls.current_arch()
-    keep = _syscall_filter(args.syscalls, arch)
+    keep = _cli_daemon.syscall_filter(args.syscalls, arch)
     if args.remote is not None and (args.pid is not None or args.max_stats):
         raise TracerdError("--remote runs a command through the daemon: it cannot be "
                            "combined with -p or --max-stats", EXIT_USAGE)

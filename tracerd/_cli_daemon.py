@@ -277,6 +277,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:
+    """``-e`` values (names and classes, strace's ``trace=`` prefix allowed); None: all."""
+    if not specs:
+        return None
+    cleaned = [s.split("=", 1)[1] if s.startswith("trace=") else s for s in specs]
+    try:
+        return syscalls.resolve(cleaned, arch)
+    except ValueError as e:
+        raise TracerdError(str(e), EXIT_USAGE) from None
+
+
 def load_budget(path: str | None) -> tuple[Assertion, ...]:
     """The assertions of a budget file; 65 when it is malformed, 66 when unreadable."""
     if path is None:
@@ -488,11 +499,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
     from ._events import EventFilter  # noqa: PLC0415
 
     arch = syscalls.current_arch()
-    try:
-        keep = syscalls.resolve([e.removeprefix("trace=") for e in args.syscalls], arch) \
-            if args.syscalls else frozenset()
-    except ValueError as e:
-        raise TracerdError(str(e), EXIT_USAGE) from None
+    keep = syscall_filter(args.syscalls, arch) or frozenset()
     flt = EventFilter(syscalls=keep, pids=frozenset(args.pid or ()),
                       tids=frozenset(args.tid or ()))
     with output(args.output) as out, connect(args) as client:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from . import _btf, _records
+from . import _btf
 from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
 from .model import (
     HIST_BUCKETS,
@@ -28,7 +28,6 @@ from .model import (
     ArgRead,
     Drops,
     LifecycleEvent,
-    SyscallEvent,
     SyscallStats,
 )
 
@@ -501,8 +500,8 @@ class Probe:
     def set_events(self, slot: int, syscalls: frozenset[int] | None) -> int:
         """Processes under ``slot`` send an event per syscall in ``syscalls`` (None: all).
 
-        Returns the slot's new generation: events carry it (read_sys_events gives
-        ``slot | gen << 16``), so a call entered under the slot's previous session and
+        Returns the slot's new generation: records carry it (``slot | gen << 16``,
+        tracerd._records.slot_of), so a call entered under the slot's previous session and
         returning now is dropped in the kernel rather than handed to this one. Resets
         the slot's lost counter.
         """
@@ -553,10 +552,6 @@ class Probe:
     def read_sys_records(self, limit: int = 1 << 20) -> list[bytes]:
         """Raw syscall event records waiting in the ring, oldest first (tracerd._records)."""
         return self._ring().read(limit)
-
-    def read_sys_events(self, limit: int = 1 << 20) -> list[tuple[int, SyscallEvent]]:
-        """Syscall events waiting in the ring, oldest first, as (slot | gen << 16, event)."""
-        return [(_records.slot_of(r), _records.decode(r)) for r in self._ring().read(limit)]
 
     def limit_process(self, pid: int, slot: int | None) -> bool:
         """Put a tracked process under limits[slot] (None: under none); False if it is

@@ -84,6 +84,7 @@ __all__ = [
     "apply_tolerance_overrides",
     "capture",
     "capture_from_reports",
+    "check_tolerances",
     "compare",
     "compare_goldens",
     "dumps_golden",
@@ -373,7 +374,11 @@ class _Checker:
         if rss is not None:
             self.spread(rss, "measured.peak_rss_kib")
 
-        tol = self.obj(self.field(g, "tolerances", ""), "tolerances")
+        self.tolerances(self.field(g, "tolerances", ""))
+        return g
+
+    def tolerances(self, value: Any) -> dict[str, Any]:
+        tol = self.obj(value, "tolerances")
         counts = self.obj(self.field(tol, "counts", "tolerances."), "tolerances.counts")
         self.int_(self.field(counts, "min_abs", "tolerances.counts."), "tolerances.counts.min_abs")
         self.num(self.field(counts, "pct", "tolerances.counts."), "tolerances.counts.pct",
@@ -393,7 +398,7 @@ class _Checker:
                 _parse_count_spec(self.str_(spec, p))
             except ValueError as e:
                 raise self.fail(p, str(e)) from None
-        return g
+        return tol
 
 
 def _type_name(v: object) -> str:
@@ -417,6 +422,11 @@ def parse_golden(text: str, source: str = "<golden>") -> dict[str, Any]:
         raise GoldenError(f"{source}: corrupt JSON at line {e.lineno} column {e.colno}: "
                           f"{e.msg}") from None
     return _Checker(source).check(data)
+
+
+def check_tolerances(value: Any, source: str = "<tolerances>") -> dict[str, Any]:
+    """Validate a ``tolerances`` object on its own (GoldenError naming the field)."""
+    return _Checker(source).tolerances(value)
 
 
 def load_golden(path: str) -> dict[str, Any]:
