@@ -44,6 +44,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _build import build_c  # bench/_build.py: the scripts run from this directory
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"  # git-ignored
@@ -85,17 +87,7 @@ def log(msg: str) -> None:
 
 
 def build_loop(out_dir: Path) -> Path:
-    """Compile bench/events_loop.c; rebuilt every run, it takes well under a second."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise BenchError("no C compiler: apt-get install gcc")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "events_loop"
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(BENCH / "events_loop.c")]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise BenchError(f"building events_loop.c failed:\n{res.stderr}")
-    return binary
+    return build_c("events_loop.c", out_dir, BenchError)
 
 
 def loop_argv(binary: Path, rate: int, seconds: float, cpu: int, out: Path) -> list[str]:

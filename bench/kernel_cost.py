@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from _build import build_c  # bench/_build.py: the scripts run from this directory
 
 try:
     import bcc
@@ -74,17 +75,7 @@ class BenchError(Exception):
 
 
 def build_loop(out_dir: Path) -> Path:
-    """Compile bench/loop.c; rebuilt every run, it takes well under a second."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise BenchError("no C compiler: apt-get install gcc")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "loop"
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(BENCH / "loop.c")]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise BenchError(f"building loop.c failed:\n{res.stderr}")
-    return binary
+    return build_c("loop.c", out_dir, BenchError)
 
 
 @dataclass(frozen=True)
