@@ -260,6 +260,7 @@ class Session:
     slot: int | None = None
     events: EventChannel | None = None
     events_gen: int = 0  #: the slot's generation while this session holds it
+    rule: str = ""  #: the watch rule that started it ("" for a client's session)
 
     @property
     def follows_children(self) -> bool:
@@ -286,6 +287,7 @@ class SessionSummary:
     end_reason: str
     processes: int
     calls: int
+    rule: str = ""  #: the watch rule that started it ("" for a client's session)
 
 
 @dataclass
@@ -513,7 +515,8 @@ class Hub:
         return SessionSummary(id=sess.id, state=sess.state, target=sess.target,
                               options=sess.options, owner=sess.owner.name,
                               start_ns=sess.start_ns, end_ns=sess.end_ns,
-                              end_reason=sess.end_reason, processes=seen, calls=calls)
+                              end_reason=sess.end_reason, processes=seen, calls=calls,
+                              rule=sess.rule)
 
     def list_sessions(self, caller: Caller, state: State | None = None) -> list[SessionSummary]:
         with self.lock:
