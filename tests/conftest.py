@@ -99,7 +99,10 @@ class Daemon:
         self.log_path = workdir / "daemon.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*TRACERD, "serve", "--socket", self.socket, *extra],
+            # The history goes to the test's directory, not /var/lib/tracerd (a later
+            # --state-dir in extra wins).
+            [*TRACERD, "serve", "--socket", self.socket, "--state-dir",
+             str(workdir / "state"), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def client(self, **kw: Any) -> Any:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -14,7 +15,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import syscalls
-from ._config import DEFAULT_SOCKET, DaemonConfig, load_config, read_token_file
+from ._config import (
+    DEFAULT_CONFIG,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    DaemonConfig,
+    load_config,
+    read_token_file,
+)
 from ._errors import (
     EXIT_BUDGET_FAILED,
     EXIT_DATAERR,
@@ -93,13 +101,25 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-watchers", type=int, metavar="N")
     p.add_argument("--max-tracked-pids", type=int, metavar="N")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    p.add_argument("--state-dir", metavar="DIR", help="where the history of finished sessions "
+                   f"is kept (default {DEFAULT_STATE_DIR}; '' keeps none)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics there (plain HTTP)")
     p.set_defaults(func=_cmd_serve)
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    """--config, else the default file when it exists (a daemon without one is fine)."""
+    if args.config:
+        return str(args.config)
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+
+
 def _serve_config(args: argparse.Namespace) -> DaemonConfig:
-    cfg = load_config(args.config) if args.config else DaemonConfig()
+    path = _config_path(args)
+    cfg = load_config(path) if path else DaemonConfig()
     for key in ("socket", "socket_group", "tls_cert", "tls_key", "tls_client_ca", "tokens",
-                "log_level", "insecure"):
+                "log_level", "insecure", "state_dir", "metrics"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -117,7 +137,8 @@ def _serve_config(args: argparse.Namespace) -> DaemonConfig:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ._server import serve  # noqa: PLC0415
 
-    return serve(_serve_config(args))
+    cfg = _serve_config(args)
+    return serve(cfg, (lambda: _serve_config(args)) if _config_path(args) else None)
 
 
 # ---------------------------------------------------------------------- sessions
@@ -165,6 +186,13 @@ def add_sessions(sub: Any) -> None:
     del stop
     lst = cmd("list", "list sessions", _cmd_list, session=False)
     lst.add_argument("--state", choices=["running", "finished", "interrupted"])
+    lst.add_argument("--since", metavar="WHEN",
+                     help="only sessions running since WHEN: a duration ago (90s, 15m, 2h, "
+                          "7d) or a date (2026-11-22, 2026-11-22T10:00); includes the "
+                          "daemon's history (kept across restarts)")
+    lst.add_argument("--rule", metavar="NAME", help="only sessions of this watch rule")
+    lst.add_argument("--limit", type=int, default=1000, metavar="N",
+                     help="at most N, the newest (default 1000)")
     rep = cmd("report", "print a session's report (so far, if it runs)", _cmd_report)
     rep.add_argument("--per-process", action="store_true", help="one table per process")
     rep.add_argument("--percentiles", action="store_true", help="p50/p99 latency columns")
@@ -211,12 +239,14 @@ def _target_text(s: SessionSummary) -> str:
 
 
 def _print_summaries(items: list[SessionSummary], out: TextIO) -> None:
-    rows = [("ID", "STATE", "OWNER", "PROCS", "CALLS", "AGE", "TARGET", "LABEL")]
-    now = time.monotonic_ns()
+    rows = [("ID", "STATE", "OWNER", "PROCS", "CALLS", "STARTED", "AGE", "TARGET", "LABEL")]
+    now = time.time_ns()
     for s in items:
-        age = ((s.end_ns or now) - s.start_ns) / 1e9
+        # Unix times: a session from the history may come from another boot.
+        age = ((s.end_unix_ns or now) - s.start_unix_ns) / 1e9
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.start_unix_ns / 1e9))
         rows.append((s.id, s.state.name.lower(), s.owner, str(s.processes), str(s.calls),
-                     f"{age:.1f}s", _target_text(s), s.options.label))
+                     started, f"{age:.1f}s", _target_text(s), s.options.label))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
@@ -268,13 +298,38 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from ._sessions import State  # noqa: PLC0415
 
     state = State[args.state.upper()] if args.state else None
+    if args.limit <= 0:
+        raise TracerdError("--limit: must be > 0", EXIT_USAGE)
+    since = parse_since(args.since, time.time()) if args.since else None
     with connect(args) as client:
-        items = client.list(state)
+        items = client.list(state, since_unix_ns=since, rule=args.rule or "", limit=args.limit)
     if args.json:
         print(json.dumps([_summary_dict(s) for s in items], sort_keys=True))
     else:
         _print_summaries(items, sys.stdout)
     return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float) -> int:
+    """``--since``: a duration before ``now`` (90s, 15m, 2h, 7d, 1w) or an ISO date or
+    date-time in local time, as Unix epoch nanoseconds."""
+    t = text.strip()
+    if len(t) >= 2 and t[-1] in _UNITS:
+        try:
+            n = float(t[:-1])
+        except ValueError:
+            n = -1.0
+        if n >= 0:
+            return int((now - n * _UNITS[t[-1]]) * 1e9)
+    try:
+        when = datetime.datetime.fromisoformat(t)
+    except ValueError:
+        raise TracerdError(f"--since {text!r}: expected a duration (90s, 15m, 2h, 7d) or a "
+                           "date (2026-11-22 or 2026-11-22T10:00)", EXIT_USAGE) from None
+    return int(when.timestamp() * 1e9)
 
 
 def syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:

@@ -11,8 +11,36 @@ Config file (TOML, every key optional; command-line flags override it)::
     insecure = false                       # plaintext TCP, loopback addresses only
     tokens = "/etc/tracerd/tokens.toml"
     log_level = "info"
+    state_dir = "/var/lib/tracerd"         # history.sqlite3 lives here; "" keeps no history
+    metrics = "127.0.0.1:9464"             # Prometheus /metrics (plain HTTP); unset: none
     [limits]
     max_sessions = 64                      # and the other HubLimits fields, max_message_bytes
+    [history]
+    max_age_days = 30                      # finished sessions older than this are deleted
+    max_sessions = 100000                  # and beyond this many, the oldest
+    [otlp]                                 # export finished sessions (traces) and metrics
+    endpoint = "collector:4317"            # OTLP/gRPC
+    insecure = false                       # plaintext; else TLS (ca_file, or system roots)
+    ca_file = "/etc/tracerd/otlp-ca.pem"
+    headers = { authorization = "Bearer ..." }
+    service_name = "tracerd"
+    metrics_interval_s = 60                # 0: traces only
+
+    [[rule]]                               # watch rule: a session for every matching exec
+    name = "deploy"                        # unique; the `rule` label of metrics
+    path = "/usr/local/bin/deploy.sh"      # every criterion given must match: the path
+    comm = "deploy.sh"                     # given to execve, the new comm, the cgroup (and
+    cgroup = "system.slice/ci.service"     # those below it), the real uid(s)
+    uids = [1000]                          # path, comm or cgroup is required
+    budget = "/etc/tracerd/deploy.budget.toml"   # renacer-style [[assertion]]s
+    actions = ["alert"]                    # alert: log violations; enforce: carry out the
+                                           # budget's signal/kill actions (else reported only)
+    syscalls = ["file", "network"]         # count only these (default: all)
+    per_process = true
+    peak_rss = false
+    duration_ms = 0                        # stop after this long (0: when its processes end)
+
+A path is resolved against the config file's directory when relative.
 
 Tokens file (TOML, owned by root, no access for group or others)::
 
@@ -40,10 +68,21 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import _budgets, syscalls
 from ._errors import BadInput
-from ._sessions import Caller, HubLimits
+from ._sessions import (
+    Caller,
+    HubLimits,
+    RequestError,
+    SessionOptions,
+    WatchRule,
+    cgroup_tree_ids,
+    resolve_cgroup,
+)
 
 DEFAULT_SOCKET = "/run/tracerd/tracerd.sock"
+DEFAULT_CONFIG = "/etc/tracerd/tracerd.toml"
+DEFAULT_STATE_DIR = "/var/lib/tracerd"
 DEFAULT_MAX_MESSAGE = 16 << 20
 
 LOCAL = Caller(name="local")
@@ -68,6 +107,24 @@ class DaemonConfig:
     log_level: str = "info"
     limits: HubLimits = field(default_factory=HubLimits)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    state_dir: str = DEFAULT_STATE_DIR
+    metrics: str | None = None  #: HOST:PORT of the Prometheus endpoint
+    history_max_age_days: float = 30.0
+    history_max_sessions: int = 100_000
+    otlp: OtlpSettings | None = None
+    rules: list[WatchRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """[otlp]: where finished sessions and metrics are exported (tracerd._otlp)."""
+
+    endpoint: str
+    insecure: bool = False
+    ca_file: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    service_name: str = "tracerd"
+    metrics_interval_s: float = 60.0
 
 
 def _type_name(v: object) -> str:
@@ -94,7 +151,7 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 _STR_KEYS = ("socket", "socket_group", "tls_cert", "tls_key", "tls_client_ca", "tokens",
-             "log_level")
+             "log_level", "state_dir", "metrics")
 
 
 def load_config(path: str) -> DaemonConfig:
@@ -103,6 +160,20 @@ def load_config(path: str) -> DaemonConfig:
     for key, value in data.items():
         if key in _STR_KEYS:
             setattr(cfg, key, _check(path, "", key, value, str))
+            if key == "metrics":
+                _host_of(value, "metrics")
+        elif key == "history":
+            _history(path, _check(path, "", key, value, dict), cfg)
+        elif key == "otlp":
+            cfg.otlp = _otlp(path, _check(path, "", key, value, dict))
+        elif key == "rule":
+            rules = _check(path, "", key, value, list)
+            cfg.rules = [_rule(path, i, r) for i, r in enumerate(rules)]
+            names = [r.name for r in cfg.rules]
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    raise BadInput(f"{path}: rule[{i}].name: {name!r} is used by an "
+                                   "earlier rule")
         elif key == "listen":
             items = _check(path, "", key, value, list)
             cfg.listen = [_check(path, "", f"listen[{i}]", v, str) for i, v in enumerate(items)]
@@ -133,6 +204,131 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits,
     return replace(base, **changes), max_msg
 
 
+def _history(path: str, data: dict[str, Any], cfg: DaemonConfig) -> None:
+    for key, value in data.items():
+        if key == "max_age_days":
+            v = _check(path, "history.", key, value, (int, float))
+            if isinstance(v, bool) or v <= 0:
+                raise BadInput(f"{path}: history.max_age_days: must be > 0, got {v}")
+            cfg.history_max_age_days = float(v)
+        elif key == "max_sessions":
+            n = _check(path, "history.", key, value, int)
+            if n <= 0:
+                raise BadInput(f"{path}: history.max_sessions: must be > 0, got {n}")
+            cfg.history_max_sessions = n
+        else:
+            raise BadInput(f"{path}: unknown key 'history.{key}'")
+
+
+_OTLP_KEYS = {"endpoint", "insecure", "ca_file", "headers", "service_name",
+              "metrics_interval_s"}
+
+
+def _otlp(path: str, data: dict[str, Any]) -> OtlpSettings:
+    unknown = set(data) - _OTLP_KEYS
+    if unknown:
+        raise BadInput(f"{path}: unknown key 'otlp.{sorted(unknown)[0]}'")
+    if "endpoint" not in data:
+        raise BadInput(f"{path}: otlp.endpoint: required (HOST:PORT of an OTLP/gRPC receiver)")
+    endpoint = _check(path, "otlp.", "endpoint", data["endpoint"], str)
+    _host_of(endpoint, "otlp.endpoint")
+    headers = _check(path, "otlp.", "headers", data.get("headers", {}), dict)
+    for k, v in headers.items():
+        _check(path, "otlp.headers.", k, v, str)
+    interval = _check(path, "otlp.", "metrics_interval_s", data.get("metrics_interval_s", 60),
+                      (int, float))
+    if isinstance(interval, bool) or interval < 0:
+        raise BadInput(f"{path}: otlp.metrics_interval_s: must be >= 0, got {interval}")
+    ca = data.get("ca_file")
+    return OtlpSettings(
+        endpoint=endpoint, insecure=_check(path, "otlp.", "insecure",
+                                           data.get("insecure", False), bool),
+        ca_file=_resolve(path, _check(path, "otlp.", "ca_file", ca, str)) if ca else None,
+        headers=tuple(sorted(headers.items())),
+        service_name=_check(path, "otlp.", "service_name", data.get("service_name", "tracerd"),
+                            str),
+        metrics_interval_s=float(interval))
+
+
+def _resolve(config_path: str, p: str) -> str:
+    """A path from the config file: relative ones are taken from the file's directory."""
+    return str((Path(config_path).parent / p) if not os.path.isabs(p) else Path(p))
+
+
+_RULE_KEYS = {"name", "path", "comm", "cgroup", "uids", "budget", "actions", "syscalls",
+              "per_process", "peak_rss", "duration_ms"}
+_ACTIONS = ("alert", "enforce")
+
+
+def _rule(path: str, i: int, data: Any) -> WatchRule:
+    where = f"rule[{i}]."
+    _check(path, "", f"rule[{i}]", data, dict)
+    unknown = set(data) - _RULE_KEYS
+    if unknown:
+        raise BadInput(f"{path}: unknown key '{where}{sorted(unknown)[0]}'")
+    name = _check(path, where, "name", data.get("name"), str)
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise BadInput(f"{path}: {where}name: {name!r}: 1 to 64 letters, digits, '-', '_', '.'")
+    where = f"rule {name!r}: "
+    exe = _check(path, where, "path", data.get("path", ""), str)
+    comm = _check(path, where, "comm", data.get("comm", ""), str)
+    cgroup = _check(path, where, "cgroup", data.get("cgroup", ""), str)
+    if not (exe or comm or cgroup):
+        raise BadInput(f"{path}: {where}give path, comm or cgroup (the kernel starts counting "
+                       "on one of them; uids alone cannot)")
+    if exe and (not exe.startswith("/") or len(exe.encode()) > 255 or "\0" in exe):
+        raise BadInput(f"{path}: {where}path: {exe!r} must be absolute and under 256 bytes")
+    exe = os.path.normpath(exe) if exe else ""
+    if len(comm.encode()) > 15 or "\0" in comm:
+        raise BadInput(f"{path}: {where}comm: {comm!r} is longer than the kernel's 15-byte comm")
+    ids: frozenset[int] = frozenset()
+    if cgroup:
+        try:
+            ids = frozenset(cgroup_tree_ids(resolve_cgroup(cgroup)))
+        except RequestError as e:
+            raise BadInput(f"{path}: {where}cgroup: {e}") from None
+    uids = None
+    if "uids" in data:
+        raw = _check(path, where, "uids", data["uids"], list)
+        uids = frozenset(_check(path, where, f"uids[{j}]", u, int) for j, u in enumerate(raw))
+        if not uids or any(u < 0 for u in uids):
+            raise BadInput(f"{path}: {where}uids: a non-empty list of uids >= 0")
+    actions = _check(path, where, "actions", data.get("actions", ["alert"]), list)
+    for a in actions:
+        if a not in _ACTIONS:
+            raise BadInput(f"{path}: {where}actions: {a!r}: use {' or '.join(_ACTIONS)}")
+    budget: tuple[_budgets.Assertion, ...] = ()
+    if "budget" in data:
+        bpath = _resolve(path, _check(path, where, "budget", data["budget"], str))
+        try:
+            budget = tuple(_budgets.load(bpath))
+        except _budgets.BudgetError as e:
+            raise BadInput(f"{path}: {where}budget: {e}") from None
+        if not budget:
+            raise BadInput(f"{path}: {where}budget: {bpath} has no [[assertion]] entries")
+        if "enforce" not in actions:
+            # Reported, not carried out: a rule enforces only when it says so.
+            budget = tuple(replace(a, action="fail" if a.fail_on_violation else "warn")
+                           if a.action in ("signal", "kill") else a
+                           for a in budget)
+    spec = tuple(_check(path, where, f"syscalls[{j}]", x, str) for j, x in
+                 enumerate(_check(path, where, "syscalls", data.get("syscalls", []), list)))
+    try:
+        keep = syscalls.resolve(spec) if spec else None
+    except ValueError as e:
+        raise BadInput(f"{path}: {where}syscalls: {e}") from None
+    duration = _check(path, where, "duration_ms", data.get("duration_ms", 0), int)
+    if duration < 0:
+        raise BadInput(f"{path}: {where}duration_ms: must be >= 0, got {duration}")
+    options = SessionOptions(
+        duration_ms=duration, syscalls=keep, syscall_spec=spec,
+        per_process=_check(path, where, "per_process", data.get("per_process", True), bool),
+        label=f"rule:{name}", budget=budget,
+        peak_rss=_check(path, where, "peak_rss", data.get("peak_rss", False), bool))
+    return WatchRule(name=name, path=exe, comm=comm, cgroup=cgroup, cgroup_ids=ids, uids=uids,
+                     options=options, alert="alert" in actions)
+
+
 def check_transport(cfg: DaemonConfig) -> None:
     """Refuse listeners that would expose the daemon without TLS or authentication."""
     if not cfg.socket and not cfg.listen:
@@ -159,10 +355,10 @@ def check_transport(cfg: DaemonConfig) -> None:
                            "or --tls-client-ca (mTLS)")
 
 
-def _host_of(addr: str) -> str:
+def _host_of(addr: str, what: str = "--listen") -> str:
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise BadInput(f"--listen {addr}: expected HOST:PORT")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise BadInput(f"{what} {addr}: expected HOST:PORT")
     return host.strip("[]")
 
 

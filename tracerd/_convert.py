@@ -275,7 +275,9 @@ def summary_to_pb(s: SessionSummary) -> pb.SessionInfo:
     return pb.SessionInfo(session_id=s.id, state=state_to_pb(s.state),
                           target=target_to_pb(s.target), options=options_to_pb(s.options),
                           start_ns=s.start_ns, end_ns=s.end_ns, end_reason=s.end_reason,
-                          processes=s.processes, calls=s.calls, owner=s.owner)
+                          processes=s.processes, calls=s.calls, owner=s.owner, rule=s.rule,
+                          start_unix_ns=s.start_unix_ns, end_unix_ns=s.end_unix_ns,
+                          from_history=s.from_history)
 
 
 def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
@@ -288,7 +290,9 @@ def summary_from_pb(m: pb.SessionInfo) -> SessionSummary:
     return SessionSummary(id=m.session_id, state=_STATE_FROM_PB.get(m.state, State.RUNNING),
                           target=target_from_pb(m.target), options=opts, owner=m.owner,
                           start_ns=m.start_ns, end_ns=m.end_ns, end_reason=m.end_reason,
-                          processes=m.processes, calls=m.calls)
+                          processes=m.processes, calls=m.calls, rule=m.rule,
+                          start_unix_ns=m.start_unix_ns, end_unix_ns=m.end_unix_ns,
+                          from_history=m.from_history)
 
 
 def view_to_pb(seq: int, view: View, missed: int, delta: Mapping[int, SyscallStats],

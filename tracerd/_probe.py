@@ -443,6 +443,28 @@ class Probe:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def prog_stats(self) -> dict[str, tuple[int, int]] | None:
+        """Run time (ns) and run count of each loaded program, from its fd's fdinfo; None
+        unless kernel.bpf_stats_enabled=1 (the kernel keeps them only then: the
+        accounting itself costs two clock reads per run)."""
+        try:
+            if Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() != "1":
+                return None
+        except OSError:
+            return None
+        out: dict[str, tuple[int, int]] = {}
+        for name, fn in list(self._bpf.funcs.items()) if self._bpf is not None else []:
+            info: dict[str, int] = {}
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in ("run_time_ns", "run_cnt"):
+                        info[key] = int(value)
+            if info:
+                label = name.decode() if isinstance(name, bytes) else str(name)
+                out[label] = (info.get("run_time_ns", 0), info.get("run_cnt", 0))
+        return out
+
     def table(self, name: str) -> Any:
         """The raw BCC table (tests and the layout check only)."""
         return self._bpf[name.encode()]

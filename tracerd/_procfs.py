@@ -7,6 +7,7 @@ means; nothing here raises for a vanished process.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,3 +115,16 @@ def vm_hwm_bytes(pid: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def exec_path(pid: int, filename: str) -> str:
+    """The absolute path of an exec'd ``filename`` (as given to execve): a relative one
+    is taken from the process's working directory, if it can still be read (the
+    process may have moved on or exited: then ``filename`` is returned as it is)."""
+    if filename.startswith("/"):
+        return os.path.normpath(filename)
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return filename
+    return os.path.normpath(os.path.join(cwd, filename))

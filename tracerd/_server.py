@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,18 +28,23 @@ from grpc_reflection.v1alpha import reflection
 from . import __version__, _convert, _records, syscalls
 from ._config import LOCAL, DaemonConfig, Token, check_transport, load_tokens, match_token
 from ._errors import BadInput, TracerdError
+from ._history import Entry, History
+from ._metrics import PrometheusCollector, Snapshot
+from ._otlp import OtlpConfig, OtlpExporter
 from ._sessions import (
     Caller,
     ErrorKind,
     Hub,
     RequestError,
+    SessionSummary,
     SpawnedTarget,
+    State,
     Violation,
     drain_forever,
     since_stats,
 )
 from ._taskstats import ExitListener
-from .model import SyscallStats
+from .model import Report, SyscallStats
 from .v1 import tracerd_pb2 as pb
 from .v1 import tracerd_pb2_grpc as pb_grpc
 
@@ -111,12 +116,16 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 class Servicer(pb_grpc.TracerServicer):
-    def __init__(self, hub: Hub, auth: Auth, config: DaemonConfig, features: list[str]) -> None:
+    def __init__(self, hub: Hub, auth: Auth, config: DaemonConfig, features: list[str],
+                 history: History[Finished] | None = None) -> None:
         self.hub = hub
         self.auth = auth
         self.config = config
         self.features = features
+        self.history = history
         self.name_of = syscalls.table_for().name
+        self.reloads = 0  #: SIGHUP reloads taken (set by serve's main loop)
+        self.reloads_refused = 0
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[Caller], T]) -> T:
         caller = self.auth.caller(context)
@@ -149,7 +158,10 @@ class Servicer(pb_grpc.TracerServicer):
                 sessions_running=counts["running"], sessions_finished=counts["finished"],
                 tracked_pids=counts["tracked"], drops=_convert.drops_to_pb(drops),
                 watch_updates_missed=counts["watch_missed"], watchers=counts["watchers"],
-                now_ns=time.monotonic_ns())
+                now_ns=time.monotonic_ns(), watch_rules=len(self.hub.watch_rules),
+                watch_sessions_refused=self.hub.watch_sessions_refused,
+                history_dropped=self.history.dropped if self.history else 0,
+                config_reloads=self.reloads, config_reloads_refused=self.reloads_refused)
         return self._call(context, info)
 
     def StartSession(self, request: pb.StartSessionRequest,
@@ -183,14 +195,41 @@ class Servicer(pb_grpc.TracerServicer):
                      context: grpc.ServicerContext) -> pb.ListSessionsResponse:
         def list_(caller: Caller) -> pb.ListSessionsResponse:
             state = _convert.state_from_pb(request.state)
-            return pb.ListSessionsResponse(sessions=[
-                _convert.summary_to_pb(s) for s in self.hub.list_sessions(caller, state)])
+            since, rule = request.since_unix_ns, request.rule
+            limit = request.limit or 1000
+            found = [_convert.summary_to_pb(s) for s in self.hub.list_sessions(caller, state)
+                     if (not since or not s.end_unix_ns or s.end_unix_ns >= since)
+                     and (not rule or s.rule == rule)]
+            if self.history is not None and state != State.RUNNING:
+                # Finished sessions: those still in memory, then the history's (earlier
+                # daemon runs, or forgotten here); a session in both is shown once.
+                ids = {m.session_id for m in found}
+                for e in self.history.list(since_unix_ns=since or None, rule=rule or None,
+                                           owner=None if caller.admin else caller.name,
+                                           limit=limit):
+                    m = pb.SessionInfo.FromString(e.summary)
+                    if e.session_id not in ids and (not request.state
+                                                    or m.state == request.state):
+                        m.from_history = True
+                        found.append(m)
+            found.sort(key=lambda m: (m.start_unix_ns, m.session_id))
+            return pb.ListSessionsResponse(sessions=found[-limit:])
         return self._call(context, list_)
 
     def GetReport(self, request: pb.GetReportRequest,
                   context: grpc.ServicerContext) -> pb.GetReportResponse:
         def report(caller: Caller) -> pb.GetReportResponse:
-            summary, rep = self.hub.report(caller, request.session_id)
+            try:
+                summary, rep = self.hub.report(caller, request.session_id)
+            except RequestError as e:
+                if e.kind != ErrorKind.NOT_FOUND or self.history is None:
+                    raise
+                entry = self.history.get(request.session_id)
+                if entry is None or not (caller.admin or entry.owner == caller.name):
+                    raise  # another client's session is as unknown as a missing one
+                m = pb.SessionInfo.FromString(entry.summary)
+                m.from_history = True
+                return pb.GetReportResponse(session=m, report=pb.Report.FromString(entry.report))
             return pb.GetReportResponse(session=_convert.summary_to_pb(summary),
                                         report=_convert.report_to_pb(rep, self.name_of))
         return self._call(context, report)
@@ -299,7 +338,8 @@ def _read(path: str | None, what: str) -> bytes | None:
         raise BadInput(f"{what} {path}: {e.strerror}") from None
 
 
-def build_server(hub: Hub, config: DaemonConfig, features: list[str]) -> grpc.Server:
+def build_server(hub: Hub, config: DaemonConfig, features: list[str],
+                 history: History[Finished] | None = None) -> tuple[grpc.Server, Servicer]:
     check_transport(config)
     tokens = load_tokens(config.tokens) if config.tokens else None
     lim = hub.limits
@@ -311,7 +351,8 @@ def build_server(hub: Hub, config: DaemonConfig, features: list[str]) -> grpc.Se
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="grpc"),
                          options=opts, maximum_concurrent_rpcs=workers)
-    pb_grpc.add_TracerServicer_to_server(Servicer(hub, Auth(tokens), config, features), server)
+    servicer = Servicer(hub, Auth(tokens), config, features, history)
+    pb_grpc.add_TracerServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -346,7 +387,7 @@ def build_server(hub: Hub, config: DaemonConfig, features: list[str]) -> grpc.Se
                 else server.add_secure_port(addr, creds))
         if port == 0:
             raise BadInput(f"cannot listen on {addr}")
-    return server
+    return server, servicer
 
 
 # ---------------------------------------------------------------------- logging
@@ -409,23 +450,119 @@ FEATURES = ["raw_tracepoint:sys_enter", "raw_tracepoint:sys_exit", "tracepoint:t
             "syscall_events"]
 
 
-def serve(config: DaemonConfig) -> int:
+Finished = tuple[SessionSummary, Report]
+
+
+def _history_entry(name_of: Callable[[int], str]) -> Callable[[Finished], Entry]:
+    """How the history's writer thread stores a finished session (off the drain)."""
+    def encode(item: Finished) -> Entry:
+        summary, report = item
+        return Entry(session_id=summary.id, owner=summary.owner, rule=summary.rule,
+                     state=summary.state.name.lower(), start_unix_ns=summary.start_unix_ns,
+                     end_unix_ns=summary.end_unix_ns, calls=summary.calls,
+                     violations=sum(1 for r in report.budget if not r.passed),
+                     summary=_convert.summary_to_pb(summary).SerializeToString(),
+                     report=_convert.report_to_pb(report, name_of).SerializeToString())
+    return encode
+
+
+def _open_history(config: DaemonConfig) -> History[Finished] | None:
+    if not config.state_dir:
+        return None
+    path = Path(config.state_dir) / "history.sqlite3"
+    return History(path, _history_entry(syscalls.table_for().name),
+                   max_age_s=config.history_max_age_days * 86400,
+                   max_count=config.history_max_sessions).open()
+
+
+def _metrics_source(hub: Hub, probe: Any,
+                    history: History[Finished] | None) -> Callable[[], Snapshot]:
+    def snapshot() -> Snapshot:
+        snap = hub.metrics()
+        if history is not None:
+            snap.drops["history_dropped"] = history.dropped
+        progs = probe.prog_stats()
+        if progs is not None:
+            snap.bpf_run_seconds = {name: ns / 1e9 for name, (ns, _) in progs.items()}
+            snap.bpf_run_count = {name: n for name, (_, n) in progs.items()}
+        return snap
+    return snapshot
+
+
+def _start_metrics(addr: str, source: Callable[[], Snapshot]) -> Any:
+    """Prometheus /metrics over plain HTTP on ``addr`` (its own thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PrometheusCollector(source))  # type: ignore[arg-type]
+    ProcessCollector(namespace="tracerd", registry=registry)  # the daemon's RSS and CPU
+    host, _, port = addr.rpartition(":")
+    try:
+        httpd, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    except OSError as e:
+        raise BadInput(f"metrics {addr}: cannot listen: {e.strerror}") from None
+    return httpd
+
+
+def _reload(hub: Hub, servicer: Servicer, load: Callable[[], DaemonConfig]) -> None:
+    """SIGHUP: the watch rules and the tokens file again. Refused whole when anything
+    is wrong: the old rules and tokens stay in force, running sessions are untouched."""
+    try:
+        new = load()
+        tokens = load_tokens(new.tokens) if new.tokens else None
+        if (tokens is None) != (servicer.auth.tokens is None):
+            raise BadInput("adding or removing the tokens file needs a restart")
+        hub.set_watch_rules(new.rules)
+    except (TracerdError, RequestError) as e:
+        servicer.reloads_refused += 1
+        log.error("reload refused, the running config stays", extra={"kv": {"error": str(e)}})
+        return
+    servicer.auth.tokens = tokens
+    servicer.reloads += 1
+    log.info("reloaded", extra={"kv": {"rules": ",".join(r.name for r in new.rules) or "-"}})
+
+
+def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None) -> int:
+    """Run the daemon. ``reload`` reads the config again (SIGHUP); None: no config file."""
     from ._probe import Limits, Probe  # noqa: PLC0415 - bcc only when serving
 
     setup_logging(config.log_level)
     check_transport(config)
     if config.tokens:
         load_tokens(config.tokens)  # a bad tokens file fails before BPF is loaded
+    history = _open_history(config)
     probe = Probe(Limits.for_this_kernel()).open()
     stop = threading.Event()
+    hup = threading.Event()
     drain = None
     server = None
+    httpd = None
+    otlp: OtlpExporter | None = None
     try:
         limits = replace(config.limits, max_limits=probe.limits.max_limits)
-        hub = Hub(probe, limits, exit_source=ExitListener)
+
+        def on_finish(summary: SessionSummary, report: Report) -> None:
+            # Under the hub lock, on the drain thread: both only queue.
+            if history is not None:
+                history.put((summary, report))
+            if otlp is not None:
+                otlp.export_session(summary, report)
+
+        hub = Hub(probe, limits, exit_source=ExitListener, on_finish=on_finish)
+        hub.set_watch_rules(config.rules)
+        source = _metrics_source(hub, probe, history)
+        if config.otlp is not None:
+            o = config.otlp
+            otlp = OtlpExporter(OtlpConfig(
+                endpoint=o.endpoint, insecure=o.insecure, ca_file=o.ca_file, headers=o.headers,
+                service_name=o.service_name, metrics_interval_s=o.metrics_interval_s),
+                source, hub.syscall_name)
         features = FEATURES + (["btf:task_struct.exit_code"] if probe.exit_code_offset >= 0
                                else [])
-        server = build_server(hub, config, features)
+        server, servicer = build_server(hub, config, features, history)
+        if config.metrics:
+            httpd = _start_metrics(config.metrics, source)
         drain = threading.Thread(
             target=drain_forever, args=(hub, stop),
             kwargs={"on_error": lambda e: log.error("drain failed", exc_info=e)},
@@ -434,12 +571,23 @@ def serve(config: DaemonConfig) -> int:
         server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, _f: stop.set())
+        # The handler only flags it: the reload runs on this thread, outside the handler.
+        signal.signal(signal.SIGHUP, lambda s, _f: hup.set())
         log.info("serving", extra={"kv": {
             "version": __version__, "socket": config.socket or "-",
-            "listen": ",".join(config.listen) or "-", "pid": os.getpid()}})
+            "listen": ",".join(config.listen) or "-", "metrics": config.metrics or "-",
+            "rules": len(config.rules), "history": history.path if history else "-",
+            "pid": os.getpid()}})
         _sd_notify("READY=1")
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                _sd_notify("RELOADING=1")
+                if reload is None:
+                    log.warning("SIGHUP ignored: the daemon was started without a config file")
+                else:
+                    _reload(hub, servicer, reload)
+                _sd_notify("READY=1")
         _sd_notify("STOPPING=1")
         log.info("shutting down: finishing every session")
         server.health.enter_graceful_shutdown()  # type: ignore[attr-defined]
@@ -454,6 +602,12 @@ def serve(config: DaemonConfig) -> int:
             server.stop(grace=0)
         if drain is not None:
             drain.join(timeout=5)
+        if httpd is not None:
+            httpd.shutdown()
+        if otlp is not None:
+            otlp.close()  # sends what is queued, within its timeout
+        if history is not None:
+            history.close()  # writes what is queued: every finished report is kept
         probe.close()
         if config.socket:
             with contextlib.suppress(OSError):

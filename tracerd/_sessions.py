@@ -35,6 +35,7 @@ from typing import Protocol
 from . import _procfs, _records, syscalls
 from ._budgets import Assertion, Evaluator, Result, Sample, matching_syscalls, newly_failed
 from ._events import EventChannel, EventFilter, EventSubscriber
+from ._metrics import Snapshot, SyscallTotals
 from .model import (
     EV_EXEC,
     EV_EXIT,
@@ -185,6 +186,43 @@ class Caller:
 
 
 @dataclass(frozen=True)
+class WatchRule:
+    """A rule of the daemon's config: every exec it matches starts a session of its own.
+
+    Every criterion given must match (path, comm, cgroup and uid together). The kernel
+    starts counting at the exec from one of them (its key: the path, else the comm, else
+    the cgroup ids), so a session counts its process from the exec's first syscall;
+    the others are checked here, and a process they reject is released at once.
+    """
+
+    name: str
+    path: str = ""  #: the path given to execve (as a shell passes it after PATH lookup)
+    comm: str = ""  #: the new comm (a script's file name, an executable's basename)
+    cgroup: str = ""  #: as configured
+    cgroup_ids: frozenset[int] = frozenset()  #: that cgroup and those below it, at load
+    uids: frozenset[int] | None = None  #: real uid of the exec'ing process; None: any
+    options: SessionOptions = field(default_factory=SessionOptions)
+    alert: bool = True  #: log each violation (the journal, when run by systemd)
+
+    def kernel_keys(self) -> list[tuple[str, str | int]]:
+        if self.path:
+            # The kernel compares the path as given to execve, so `./x.sh` would not
+            # match /dir/x.sh: its comm (the file's name) is watched too, and the path
+            # is then checked here, resolved against the process's working directory.
+            return [("path", self.path), ("comm", os.path.basename(self.path)[:15])]
+        if self.comm:
+            return [("comm", self.comm)]
+        return [("cgroup", i) for i in sorted(self.cgroup_ids)]
+
+    def matches(self, ev: LifecycleEvent, path: str) -> bool:
+        """``path``: the exec'd file's absolute path (tracerd._procfs.exec_path)."""
+        return ((not self.path or path == self.path)
+                and (not self.comm or ev.comm == self.comm)
+                and (not self.cgroup_ids or ev.cgroup_id in self.cgroup_ids)
+                and (self.uids is None or ev.uid in self.uids))
+
+
+@dataclass(frozen=True)
 class HubLimits:
     max_sessions: int = 64
     max_watchers: int = 64
@@ -261,6 +299,7 @@ class Session:
     events: EventChannel | None = None
     events_gen: int = 0  #: the slot's generation while this session holds it
     rule: str = ""  #: the watch rule that started it ("" for a client's session)
+    alert: bool = True  #: violations are logged (a watch rule may turn it off)
 
     @property
     def follows_children(self) -> bool:
@@ -288,6 +327,9 @@ class SessionSummary:
     processes: int
     calls: int
     rule: str = ""  #: the watch rule that started it ("" for a client's session)
+    start_unix_ns: int = 0
+    end_unix_ns: int = 0  #: 0 while running
+    from_history: bool = False  #: read back from the history store
 
 
 @dataclass
@@ -387,6 +429,11 @@ def resolve_cgroup(path: str) -> Path:
     return full
 
 
+def cgroup_tree_ids(root: Path) -> list[int]:
+    """Cgroup ids of ``root`` and every cgroup below it."""
+    return _cgroup_tree(root)[0]
+
+
 def _cgroup_tree(root: Path) -> tuple[list[int], list[int]]:
     """(cgroup ids, member pids) of ``root`` and every cgroup below it."""
     ids: list[int] = []
@@ -459,8 +506,11 @@ class Hub:
                  clock: Callable[[], int] = time.monotonic_ns,
                  exit_source: Callable[[], ExitSource] | None = None,
                  on_violation: Callable[[Session, Violation], None] | None = None,
+                 on_finish: Callable[[SessionSummary, Report], None] | None = None,
                  kill: Callable[[int, int], None] = os.kill) -> None:
         self.probe = probe
+        #: called with each session's final report, under the hub lock: must not block
+        self.on_finish = on_finish
         self._kill = kill
         self.limits = limits or HubLimits()
         self.clock = clock
@@ -475,6 +525,9 @@ class Hub:
         #: exec rule -> the limit slot its kernel value hands out (the first session's)
         self._rule_slot: dict[tuple[str, str | int], int | None] = {}
         self.lock = threading.RLock()
+        #: CLOCK_MONOTONIC to Unix time, fixed at start (a later wall-clock step is not
+        #: followed: session times stay consistent with each other)
+        self.unix_offset_ns = time.time_ns() - time.monotonic_ns()
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.procs: dict[int, ProcessInfo] = {}  #: processes tracked for some session
         self._snapshot: dict[int, GenStats] = {}
@@ -483,6 +536,15 @@ class Hub:
         self._limbo: dict[int, int] = {}
         self._exit_stash: dict[int, GenStats] = {}
         self._rules: dict[tuple[str, str | int], int] = {}  #: kernel rule -> sessions using it
+        #: the config's watch rules (set_watch_rules); each holds its kernel keys
+        self._watch_rules: tuple[WatchRule, ...] = ()
+        self.watch_sessions_refused = 0  #: rule matches not traced: max_sessions reached
+        # Metrics (tracerd._metrics): cumulative over the daemon's life.
+        self.sessions_started: dict[str, int] = {}  #: by rule
+        self.violations: dict[tuple[str, str], int] = {}  #: by (rule, assertion)
+        self._finished_totals: dict[tuple[str, int], SyscallStats] = {}  #: (rule, nr)
+        self.drains = 0
+        self.drain_ns = 0
         self.watchers = 0
         self.event_streams = 0
         self.watch_missed = 0
@@ -516,7 +578,8 @@ class Hub:
                               options=sess.options, owner=sess.owner.name,
                               start_ns=sess.start_ns, end_ns=sess.end_ns,
                               end_reason=sess.end_reason, processes=seen, calls=calls,
-                              rule=sess.rule)
+                              rule=sess.rule, start_unix_ns=sess.start_ns + self.unix_offset_ns,
+                              end_unix_ns=sess.end_ns + self.unix_offset_ns if sess.end_ns else 0)
 
     def list_sessions(self, caller: Caller, state: State | None = None) -> list[SessionSummary]:
         with self.lock:
@@ -537,6 +600,42 @@ class Hub:
             return {"running": running, "finished": len(self.sessions) - running,
                     "tracked": len(self.procs), "watchers": self.watchers,
                     "watch_missed": self.watch_missed, "pids_over_limit": self.pids_over_limit}
+
+    def metrics(self) -> Snapshot:
+        """The daemon's metrics now (tracerd._metrics): finished sessions' totals plus
+        running sessions' counts at the last drain, by rule and syscall."""
+        with self.lock:
+            acc: dict[tuple[str, int], SyscallTotals] = {}
+
+            def add(rule: str, nr: int, st: SyscallStats) -> None:
+                t = acc.get((rule, nr))
+                if t is None:
+                    t = acc[(rule, nr)] = SyscallTotals()
+                t.calls += st.calls
+                t.errors += st.errors
+                t.seconds += st.total_ns / 1e9
+
+            for (rule, nr), st in self._finished_totals.items():
+                add(rule, nr, st)
+            states: dict[str, int] = {"running": 0, "finished": 0, "interrupted": 0}
+            for sess in self.sessions.values():
+                states[sess.state.name.lower()] += 1
+                if sess.state == State.RUNNING:
+                    for nr, st in self._totals(sess).items():
+                        add(sess.rule, nr, st)
+            d = self.probe.drops()
+            return Snapshot(
+                syscalls={(rule, self.syscall_name(nr)): t for (rule, nr), t in acc.items()},
+                sessions=states, sessions_started=dict(self.sessions_started),
+                violations=dict(self.violations),
+                drops={"stats_full": d.stats_full, "events_lost": d.events_lost,
+                       "pid_out_of_range": d.pid_out_of_range,
+                       "syscall_events_lost": d.syscall_events_lost,
+                       "watch_updates_missed": self.watch_missed,
+                       "pids_over_limit": self.pids_over_limit,
+                       "watch_sessions_refused": self.watch_sessions_refused},
+                tracked_pids=len(self.procs), watchers=self.watchers + self.event_streams,
+                drains=self.drains, drain_seconds=self.drain_ns / 1e9)
 
     def _member_stats(self, sess: Session, pid: int) -> dict[int, SyscallStats]:
         m = sess.members[pid]
@@ -572,33 +671,15 @@ class Hub:
                 raise RequestError(ErrorKind.PRECONDITION, "the daemon is shutting down")
             self._check_options(options)
             running = [s for s in self.sessions.values() if s.state == State.RUNNING]
-            if len(running) >= self.limits.max_sessions:
-                raise RequestError(ErrorKind.EXHAUSTED,
-                                   f"{len(running)} sessions running: the daemon's limit")
             mine = sum(1 for s in running if s.owner.name == caller.name)
             if caller.max_sessions is not None and mine >= caller.max_sessions:
                 raise RequestError(ErrorKind.EXHAUSTED,
                                    f"token {caller.name!r} may run {caller.max_sessions} sessions")
-            sid = secrets.token_hex(6)
-            while sid in self.sessions:
-                sid = secrets.token_hex(6)
-            if options.budget:
-                # Budgets judge processes one by one (GodProcess, RSS, critical paths).
-                rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
-                          for a in options.budget)
-                options = replace(options, per_process=True,
-                                  peak_rss=options.peak_rss or rss)
-            sess = Session(id=sid, target=target, options=options, owner=caller,
-                           start_ns=self.clock(), drops_base=self.probe.drops())
+            sess = self._new_session(caller, target, options, self.clock())
             try:
-                if options.budget:
-                    self._check_budget(target, options)
-                    sess.budget = self._new_budget(options)
-                if options.events:
-                    sess.events = EventChannel(self.limits.event_backlog)
-                self._take_slot(sess)
-                if options.peak_rss:
-                    self._open_exits()
+                if sess.options.budget:
+                    self._check_budget(target, sess.options)
+                self._arm(sess)
                 if isinstance(target, PidTarget | SpawnedTarget):
                     self._start_pid(sess, caller, target)
                 elif isinstance(target, CgroupTarget):
@@ -606,16 +687,51 @@ class Hub:
                 else:
                     self._start_rule(sess, caller, target)
             except BaseException:
-                # Half-started: whatever it tracked or added to the kernel goes again,
-                # so a refused request never leaves a tracked pid or a rule behind.
-                self._drop_rules(sess)
-                self._release_slot(sess)
-                self._close_exits(sess)
-                self._release_unwanted()
+                self._unarm(sess)
                 raise
-            self.sessions[sid] = sess
-            self._forget_old()
+            self._add_session(sess)
             return self.summary(sess)
+
+    def _new_session(self, caller: Caller, target: Target, options: SessionOptions,
+                     start_ns: int, rule: str = "") -> Session:
+        running = sum(1 for s in self.sessions.values() if s.state == State.RUNNING)
+        if running >= self.limits.max_sessions:
+            raise RequestError(ErrorKind.EXHAUSTED,
+                               f"{running} sessions running: the daemon's limit")
+        sid = secrets.token_hex(6)
+        while sid in self.sessions:
+            sid = secrets.token_hex(6)
+        if options.budget:
+            # Budgets judge processes one by one (GodProcess, RSS, critical paths).
+            rss = any(a.enabled and a.type == "memory_usage" and a.tracking_mode == "rss"
+                      for a in options.budget)
+            options = replace(options, per_process=True, peak_rss=options.peak_rss or rss)
+        return Session(id=sid, target=target, options=options, owner=caller,
+                       start_ns=start_ns, drops_base=self.probe.drops(), rule=rule)
+
+    def _arm(self, sess: Session) -> None:
+        """The session's budget, events channel, kernel slot and exit records."""
+        options = sess.options
+        if options.budget:
+            sess.budget = self._new_budget(options)
+        if options.events:
+            sess.events = EventChannel(self.limits.event_backlog)
+        self._take_slot(sess)
+        if options.peak_rss:
+            self._open_exits()
+
+    def _unarm(self, sess: Session) -> None:
+        """Undo a half-started session: whatever it tracked or added to the kernel goes
+        again, so a refused request never leaves a tracked pid or a rule behind."""
+        self._drop_rules(sess)
+        self._release_slot(sess)
+        self._close_exits(sess)
+        self._release_unwanted()
+
+    def _add_session(self, sess: Session) -> None:
+        self.sessions[sess.id] = sess
+        self.sessions_started[sess.rule] = self.sessions_started.get(sess.rule, 0) + 1
+        self._forget_old()
 
     def _check_options(self, o: SessionOptions) -> None:
         if o.duration_ms < 0 or o.duration_ms > self.limits.max_duration_ms:
@@ -774,7 +890,10 @@ class Hub:
             v = Violation(ts_ns=now, result=r)
             for w in sess.watchers:
                 w.offer_event(v)
-            self.on_violation(sess, v)
+            key = (sess.rule, r.name)
+            self.violations[key] = self.violations.get(key, 0) + 1
+            if sess.alert:
+                self.on_violation(sess, v)
             if not final:
                 self._act(sess, r)
         return results
@@ -1027,17 +1146,89 @@ class Hub:
         sess.command = [f"exec rule comm={target.comm!r} path={target.path!r}"]
         self._add_rules(sess, rules)
 
+    # ------------------------------------------------------------------ watch rules
+    def set_watch_rules(self, rules: Sequence[WatchRule]) -> None:
+        """Replace the config's watch rules (at start and on SIGHUP).
+
+        Sessions the old rules started run on. The new rules' kernel keys are added
+        before the old ones' are removed, so a key both sets share is never absent.
+        """
+        with self.lock:
+            names = [r.name for r in rules]
+            if len(set(names)) != len(names):
+                raise RequestError(ErrorKind.INVALID, "watch rules: names must be unique")
+            added: list[tuple[str, str | int]] = []
+            try:
+                for r in rules:
+                    for key in r.kernel_keys():
+                        self._ref_rule(key, None)
+                        added.append(key)
+            except Exception as e:
+                for key in added:
+                    self._unref_rule(key)
+                raise RequestError(ErrorKind.EXHAUSTED, f"watch rules: {e}") from None
+            for r in self._watch_rules:
+                for key in r.kernel_keys():
+                    self._unref_rule(key)
+            self._watch_rules = tuple(rules)
+            self._release_unwanted()
+
+    @property
+    def watch_rules(self) -> tuple[WatchRule, ...]:
+        return self._watch_rules
+
+    def _watch_starts(self, ev: LifecycleEvent) -> list[Session]:
+        """New sessions for the watch rules this exec matches.
+
+        A process already in a running session of the same rule (a script that execs
+        itself, or a child of the matched one that runs it again) starts none: the
+        outer session counts it already.
+        """
+        out: list[Session] = []
+        path = ""
+        if any(r.path for r in self._watch_rules):
+            path = _procfs.exec_path(ev.pid, ev.filename)
+        for rule in self._watch_rules:
+            if not rule.matches(ev, path) or any(s.rule == rule.name and ev.pid in s.members
+                                           for s in self._running()):
+                continue
+            try:
+                sess = self._new_session(Caller(name=f"rule:{rule.name}"),
+                                         PidTarget(ev.pid, children=True), rule.options,
+                                         ev.ts_ns, rule=rule.name)
+                sess.root_pid, sess.alert = ev.pid, rule.alert
+                sess.command = _procfs.cmdline(ev.pid) or [ev.filename]
+                self._arm(sess)
+            except RequestError as e:
+                self.watch_sessions_refused += 1
+                _log.warning("watch rule %s: pid %d not traced: %s", rule.name, ev.pid, e)
+                continue
+            self._add_session(sess)
+            out.append(sess)
+        return out
+
+    def _ref_rule(self, rule: tuple[str, str | int], slot: int | None) -> None:
+        if self._rules.get(rule, 0) == 0:
+            # A rule shared with a later session keeps this one's slot (if any);
+            # the later one's kill then reaches its processes from user space.
+            self.probe.add_rule(*rule, slot=slot)
+            self._rule_slot[rule] = slot
+        self._rules[rule] = self._rules.get(rule, 0) + 1
+
+    def _unref_rule(self, rule: tuple[str, str | int]) -> None:
+        n = self._rules.get(rule, 0) - 1
+        if n <= 0:
+            self._rules.pop(rule, None)
+            self._rule_slot.pop(rule, None)
+            self.probe.remove_rule(*rule)
+        else:
+            self._rules[rule] = n
+
     def _add_rules(self, sess: Session, rules: list[tuple[str, str | int]]) -> None:
         added: list[tuple[str, str | int]] = []
         try:
-            slot = sess.slot
             for rule in rules:
-                if self._rules.get(rule, 0) == 0:
-                    # A rule shared with a later session keeps this one's slot (if any);
-                    # the later one's kill then reaches its processes from user space.
-                    self.probe.add_rule(*rule, slot=slot)
-                    self._rule_slot[rule] = slot
-                self._rules[rule] = self._rules.get(rule, 0) + 1
+                self._ref_rule(rule, sess.slot)
                 added.append(rule)
         except Exception as e:
             sess.rules = added
@@ -1047,13 +1238,7 @@ class Hub:
 
     def _drop_rules(self, sess: Session) -> None:
         for rule in sess.rules:
-            n = self._rules.get(rule, 0) - 1
-            if n <= 0:
-                self._rules.pop(rule, None)
-                self._rule_slot.pop(rule, None)
-                self.probe.remove_rule(*rule)
-            else:
-                self._rules[rule] = n
+            self._unref_rule(rule)
         sess.rules = []
 
     def _join(self, sess: Session, pids: list[int], argv_hint: list[str] | None) -> None:
@@ -1109,6 +1294,10 @@ class Hub:
             final.budget = self._evaluate(sess, final.processes, now, final=True)
         sess.final = final
         sess.state, sess.end_ns, sess.end_reason = state, now, reason
+        for nr, st in final.totals().items():
+            acc = self._finished_totals.setdefault((sess.rule, nr), SyscallStats())
+            acc.calls, acc.errors = acc.calls + st.calls, acc.errors + st.errors
+            acc.total_ns += st.total_ns
         if sess.events is not None and sess.slot is not None:
             # Every event its processes made is in the ring by now (they exited, or
             # the session stopped counting): route them before the slot goes. A record
@@ -1129,6 +1318,11 @@ class Hub:
         for w in sess.watchers:
             w.offer_event(summary)
             w.offer_final(summary, sess.final)
+        if self.on_finish is not None:
+            try:
+                self.on_finish(summary, sess.final)
+            except Exception:  # history or export trouble must not stop the drain
+                _log.exception("session %s: handing on the final report failed", sess.id)
 
     def _wanted(self) -> set[int]:
         return {pid for s in self.sessions.values() if s.state == State.RUNNING
@@ -1228,19 +1422,27 @@ class Hub:
         with self.lock:
             if self.closed:
                 return
-            self._on_events(events)
-            self._refresh()
-            now = self.clock()
-            self._sweep(now)
-            self._poll_peaks()
-            for sess in list(self._running()):
-                if sess.budget is not None:
-                    self._evaluate(sess, self._processes(sess), now)
-            for sess in list(self.sessions.values()):
-                limit_ns = sess.options.duration_ms * 1_000_000
-                if sess.state == State.RUNNING and limit_ns and now - sess.start_ns >= limit_ns:
-                    self._finish(sess, State.INTERRUPTED, "duration limit reached")
-            self._publish(now)
+            t0 = time.monotonic_ns()
+            try:
+                self._step(events)
+            finally:
+                self.drains += 1
+                self.drain_ns += time.monotonic_ns() - t0
+
+    def _step(self, events: list[LifecycleEvent]) -> None:
+        self._on_events(events)
+        self._refresh()
+        now = self.clock()
+        self._sweep(now)
+        self._poll_peaks()
+        for sess in list(self._running()):
+            if sess.budget is not None:
+                self._evaluate(sess, self._processes(sess), now)
+        for sess in list(self.sessions.values()):
+            limit_ns = sess.options.duration_ms * 1_000_000
+            if sess.state == State.RUNNING and limit_ns and now - sess.start_ns >= limit_ns:
+                self._finish(sess, State.INTERRUPTED, "duration limit reached")
+        self._publish(now)
 
     def _on_events(self, events: Sequence[LifecycleEvent]) -> None:
         exits = [ev.pid for ev in events
@@ -1266,8 +1468,9 @@ class Hub:
         return (s for s in self.sessions.values() if s.state == State.RUNNING)
 
     def _rule_sessions_running(self) -> bool:
-        """Sessions that take processes at exec (exec rules, cgroups) are running."""
-        return any(isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running())
+        """Something takes processes at exec: watch rules, or exec-rule or cgroup sessions."""
+        return bool(self._watch_rules) or any(
+            isinstance(s.target, ExecRuleTarget | CgroupTarget) for s in self._running())
 
     def _on_fork(self, ev: LifecycleEvent) -> None:
         child, parent = ev.pid, ev.ppid
@@ -1319,7 +1522,7 @@ class Hub:
     def _on_exec(self, ev: LifecycleEvent) -> None:
         pid = ev.pid
         known = pid in self.procs
-        takers = self._rule_takers(ev)
+        takers = self._rule_takers(ev) + self._watch_starts(ev)
         if not known and not takers:
             if pid not in self._limbo:
                 # Matched a rule that was dropped since, or a process we released.
@@ -1330,6 +1533,9 @@ class Hub:
                 self.probe.untrack(pid)
                 self._limbo.pop(pid, None)
                 self.pids_over_limit += 1
+                for s in takers:
+                    if s.rule and not s.members:  # started for this exec: nothing to trace
+                        self._finish(s, State.INTERRUPTED, "tracked-process limit reached")
                 return
             self._limbo.pop(pid, None)
             if not self.probe.is_tracked(pid):

@@ -190,9 +190,13 @@ class Client:
             raise self._err(e) from None
         return _convert.summary_from_pb(resp.session)
 
-    def list(self, state: State | None = None) -> list[SessionSummary]:
+    def list(self, state: State | None = None, *, since_unix_ns: int | None = None,
+             rule: str = "", limit: int = 0) -> list[SessionSummary]:
+        """Sessions visible to this client, oldest first; with ``since_unix_ns``, those
+        running at or after it, finished ones from the daemon's history included."""
         req = pb.ListSessionsRequest(
-            state=_convert.state_to_pb(state) if state else pb.SESSION_STATE_UNSPECIFIED)
+            state=_convert.state_to_pb(state) if state else pb.SESSION_STATE_UNSPECIFIED,
+            since_unix_ns=since_unix_ns or 0, rule=rule, limit=limit)
         try:
             resp = self._stub.ListSessions(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:

@@ -123,6 +123,11 @@ class GetInfoResponse(_message.Message):
     WATCH_UPDATES_MISSED_FIELD_NUMBER: _builtins.int
     WATCHERS_FIELD_NUMBER: _builtins.int
     NOW_NS_FIELD_NUMBER: _builtins.int
+    WATCH_RULES_FIELD_NUMBER: _builtins.int
+    WATCH_SESSIONS_REFUSED_FIELD_NUMBER: _builtins.int
+    HISTORY_DROPPED_FIELD_NUMBER: _builtins.int
+    CONFIG_RELOADS_FIELD_NUMBER: _builtins.int
+    CONFIG_RELOADS_REFUSED_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """tracerd version string."""
     kernel: _builtins.str
@@ -141,6 +146,16 @@ class GetInfoResponse(_message.Message):
     """Watch streams open now."""
     now_ns: _builtins.int
     """CLOCK_MONOTONIC of the daemon when it answered."""
+    watch_rules: _builtins.int
+    """Watch rules of the config in force (each starts a session per matching exec)."""
+    watch_sessions_refused: _builtins.int
+    """Rule matches not traced because max_sessions was reached, since start."""
+    history_dropped: _builtins.int
+    """Finished sessions the history could not store (queue full or write failed)."""
+    config_reloads: _builtins.int
+    """Config reloads (SIGHUP) taken, and refused (the old config stays), since start."""
+    config_reloads_refused: _builtins.int
+    """See config_reloads."""
     @_builtins.property
     def bpf_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """BPF features in use, e.g. "raw_tracepoint:sys_enter", "ringbuf", "btf"."""
@@ -168,10 +183,15 @@ class GetInfoResponse(_message.Message):
         watch_updates_missed: _builtins.int = ...,
         watchers: _builtins.int = ...,
         now_ns: _builtins.int = ...,
+        watch_rules: _builtins.int = ...,
+        watch_sessions_refused: _builtins.int = ...,
+        history_dropped: _builtins.int = ...,
+        config_reloads: _builtins.int = ...,
+        config_reloads_refused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "bpf_features", b"bpf_features", "drops", b"drops", "kernel", b"kernel", "limits", b"limits", "now_ns", b"now_ns", "sessions_finished", b"sessions_finished", "sessions_running", b"sessions_running", "tracked_pids", b"tracked_pids", "version", b"version", "watch_updates_missed", b"watch_updates_missed", "watchers", b"watchers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "bpf_features", b"bpf_features", "config_reloads", b"config_reloads", "config_reloads_refused", b"config_reloads_refused", "drops", b"drops", "history_dropped", b"history_dropped", "kernel", b"kernel", "limits", b"limits", "now_ns", b"now_ns", "sessions_finished", b"sessions_finished", "sessions_running", b"sessions_running", "tracked_pids", b"tracked_pids", "version", b"version", "watch_rules", b"watch_rules", "watch_sessions_refused", b"watch_sessions_refused", "watch_updates_missed", b"watch_updates_missed", "watchers", b"watchers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -868,16 +888,31 @@ class ListSessionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_NS_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     state: Global___SessionState.ValueType
     """Only sessions in this state; UNSPECIFIED: all."""
+    since_unix_ns: _builtins.int
+    """Only sessions running at or after this time (Unix epoch, ns): running ones and
+    those that ended since. 0: no limit. Finished sessions come from memory and from
+    the daemon's history (which survives restarts).
+    """
+    rule: _builtins.str
+    """Only sessions started by this watch rule; empty: any session."""
+    limit: _builtins.int
+    """At most this many, the newest; 0: 1000."""
     def __init__(
         self,
         *,
         state: Global___SessionState.ValueType = ...,
+        since_unix_ns: _builtins.int = ...,
+        rule: _builtins.str = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "rule", b"rule", "since_unix_ns", b"since_unix_ns", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,6 +958,10 @@ class SessionInfo(_message.Message):
     PROCESSES_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    START_UNIX_NS_FIELD_NUMBER: _builtins.int
+    END_UNIX_NS_FIELD_NUMBER: _builtins.int
+    FROM_HISTORY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Its id."""
     state: Global___SessionState.ValueType
@@ -940,7 +979,19 @@ class SessionInfo(_message.Message):
     calls: _builtins.int
     """Syscalls it has counted so far."""
     owner: _builtins.str
-    """Name of the token that started it; "local" for the Unix socket without a token."""
+    """Name of the token that started it; "local" for the Unix socket without a token;
+    "rule:NAME" for a watch rule's session.
+    """
+    rule: _builtins.str
+    """The watch rule that started it; empty for a client's session."""
+    start_unix_ns: _builtins.int
+    """start_ns as Unix epoch time (ns), comparable across daemon restarts."""
+    end_unix_ns: _builtins.int
+    """end_ns as Unix epoch time (ns); 0 while running."""
+    from_history: _builtins.bool
+    """Read from the history: a session of an earlier daemon run, or one no longer in
+    memory (its start_ns/end_ns may belong to another boot: use the Unix times).
+    """
     @_builtins.property
     def target(self) -> Global___Target:
         """What it traces."""
@@ -962,10 +1013,14 @@ class SessionInfo(_message.Message):
         processes: _builtins.int = ...,
         calls: _builtins.int = ...,
         owner: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        start_unix_ns: _builtins.int = ...,
+        end_unix_ns: _builtins.int = ...,
+        from_history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "end_ns", b"end_ns", "end_reason", b"end_reason", "options", b"options", "owner", b"owner", "processes", b"processes", "session_id", b"session_id", "start_ns", b"start_ns", "state", b"state", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "end_ns", b"end_ns", "end_reason", b"end_reason", "end_unix_ns", b"end_unix_ns", "from_history", b"from_history", "options", b"options", "owner", b"owner", "processes", b"processes", "rule", b"rule", "session_id", b"session_id", "start_ns", b"start_ns", "start_unix_ns", b"start_unix_ns", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
