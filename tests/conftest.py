@@ -97,6 +97,7 @@ class Daemon:
         self.workdir = workdir
         self.socket = str(workdir / "run" / "tracerd.sock")
         self.log_path = workdir / "daemon.log"
+        workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             # The history goes to the test's directory, not /var/lib/tracerd (a later
@@ -147,3 +148,33 @@ class Daemon:
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         """``tracerd sessions ...`` against this daemon."""
         return tracerd("sessions", *args, "--remote", self.socket, **kw)
+
+
+def calls(report: Any, name: str) -> tuple[int, int]:
+    """(calls, errors) of one syscall in a tracerd.model.Report."""
+    from tracerd import syscalls  # noqa: PLC0415
+
+    nr = syscalls.table_for().number(name)
+    assert nr is not None
+    st = report.totals().get(nr)
+    return (st.calls, st.errors) if st else (0, 0)
+
+
+def assert_exact_tree(report: Any, n: int, threads: int) -> None:
+    """The counts of `exact N THREADS` (see tests/fixtures/exact.c): three processes."""
+    assert calls(report, "getppid") == (6 * n, 0)
+    assert calls(report, "getpgid") == (n, n)
+    assert calls(report, "getsid") == (n, n)
+    assert calls(report, "umask") == (n, 0)
+    assert calls(report, "sched_yield") == (threads * n, 0)
+    assert calls(report, "exit_group") == (3, 0)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (a moment ago)."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import TRACERD, Daemon, tracerd
+from conftest import TRACERD, Daemon, assert_exact_tree, calls, free_port, tracerd
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -90,12 +89,6 @@ def make_pki(d: Path) -> dict[str, str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---------------------------------------------------------------------- fixtures
 
 
@@ -109,7 +102,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         f'[[token]]\nname = "nobody"\nsecret = "{NOBODY_TOKEN}"\nuids = [{NOBODY}]\n'
         'max_sessions = 2\n')
     tokens.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     dm = Daemon(d, "--listen", f"127.0.0.1:{port}", "--tls-cert", pki["server_cert"],
                 "--tls-key", pki["server_key"], "--tls-client-ca", pki["ca"],
                 "--tokens", str(tokens), "--max-watchers", "8")
@@ -160,13 +153,6 @@ def final_report(c: Client, sid: str, timeout: float = 60) -> tuple[Any, Report]
     return result[0].session, result[0].report
 
 
-def calls(report: Report, name: str) -> tuple[int, int]:
-    nr = NAME(name)
-    assert nr is not None
-    st = report.totals().get(nr)
-    return (st.calls, st.errors) if st else (0, 0)
-
-
 def wait_exited(c: Client, sid: str, n: int, timeout: float = 10) -> None:
     """Until the session's report has ``n`` processes, all exited (the daemon learns of
     exits at its next drain)."""
@@ -184,16 +170,6 @@ def local_report(tmp_path: Path, cmd: list[str]) -> Report:
     out = tmp_path / "local.json"
     assert tracerd("run", "--json", "-o", str(out), "--", *cmd).returncode == 0
     return report_from_dict(json.loads(out.read_text()))
-
-
-def assert_exact_tree(report: Report, n: int, threads: int) -> None:
-    """The exact fixture's known counts (see tests/fixtures/exact.c)."""
-    assert calls(report, "getppid") == (6 * n, 0)
-    assert calls(report, "getpgid") == (n, n)
-    assert calls(report, "getsid") == (n, n)
-    assert calls(report, "umask") == (n, 0)
-    assert calls(report, "sched_yield") == (threads * n, 0)
-    assert calls(report, "exit_group") == (3, 0)
 
 
 # ---------------------------------------------------------------------- tests
@@ -476,7 +452,7 @@ def test_tokens_and_their_policies(daemon: Daemon) -> None:
 
 
 def test_plaintext_tcp_needs_insecure_and_loopback(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     r = tracerd("serve", "--socket", "", "--listen", f"127.0.0.1:{port}", timeout=60)
     assert r.returncode == 65 and "TCP needs TLS" in r.stderr
     r = tracerd("serve", "--socket", "", "--insecure", "--listen", f"0.0.0.0:{port}", timeout=60)

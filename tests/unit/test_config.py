@@ -7,6 +7,7 @@ operator needs to fix it; the tests assert on those messages.
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 from pathlib import Path
 
@@ -364,3 +365,74 @@ def test_read_token_file_missing(tmp_path: Path) -> None:
     p = tmp_path / "missing"
     assert bad(read_token_file, str(p)) == (
         f"{p}: cannot read the token: No such file or directory")
+
+
+# ---------------------------------------------------------------------- watch rules etc.
+
+KILL_BUDGET = ('[[assertion]]\nname = "few"\ntype = "syscall_calls"\n'
+               'syscall_name_pattern = "openat"\nmax_calls = 3\naction = "kill"\n')
+
+
+def test_watch_rules_history_metrics_and_otlp_parse(tmp_path: Path) -> None:
+    (tmp_path / "b.toml").write_text(KILL_BUDGET)
+    cfg = load_config(write(tmp_path / "c.toml", """
+state_dir = "/srv/tracerd"
+metrics = "127.0.0.1:9464"
+[history]
+max_age_days = 7
+max_sessions = 500
+[otlp]
+endpoint = "collector:4317"
+insecure = true
+headers = { authorization = "Bearer x" }
+metrics_interval_s = 0
+[[rule]]
+name = "deploy"
+path = "/opt//deploy.sh"
+uids = [1000]
+budget = "b.toml"
+syscalls = ["file"]
+[[rule]]
+name = "guarded"
+comm = "job"
+budget = "b.toml"
+actions = ["enforce"]
+"""))
+    assert cfg.state_dir == "/srv/tracerd" and cfg.metrics == "127.0.0.1:9464"
+    assert (cfg.history_max_age_days, cfg.history_max_sessions) == (7.0, 500)
+    assert cfg.otlp is not None and cfg.otlp.endpoint == "collector:4317"
+    assert cfg.otlp.headers == (("authorization", "Bearer x"),)
+    assert cfg.otlp.metrics_interval_s == 0
+    deploy, guarded = cfg.rules
+    assert deploy.path == "/opt/deploy.sh" and deploy.uids == frozenset({1000})
+    assert deploy.alert and not guarded.alert
+    # Without "enforce" a kill is reported, not carried out.
+    assert [a.action for a in deploy.options.budget] == ["fail"]
+    assert [a.action for a in guarded.options.budget] == ["kill"]
+    assert deploy.options.syscalls and guarded.options.syscalls is None
+    assert deploy.options.per_process and deploy.options.label == "rule:deploy"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\nname = "x"\n', "rule 'x': give path, comm or cgroup"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\n[[rule]]\nname = "x"\ncomm = "b"\n',
+     "rule[1].name: 'x' is used by an earlier rule"),
+    ('[[rule]]\nname = "a b"\ncomm = "a"\n', "rule[0].name: 'a b': 1 to 64 letters"),
+    ('[[rule]]\nname = "x"\npath = "rel/x.sh"\n', "path: 'rel/x.sh' must be absolute"),
+    ('[[rule]]\nname = "x"\ncomm = "sixteen-letters!"\n', "longer than the kernel's 15-byte"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\nwhen = 1\n', "unknown key 'rule[0].when'"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\nactions = ["page"]\n', "actions: 'page': use alert"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\nsyscalls = ["nosuchcall"]\n', "syscalls:"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\nbudget = "missing.toml"\n', "rule 'x': budget:"),
+    ('[[rule]]\nname = "x"\ncomm = "a"\nuids = []\n', "uids: a non-empty list"),
+    ('[[rule]]\nname = "x"\ncgroup = "no/such/cgroup/here"\n', "rule 'x': cgroup:"),
+    ('[otlp]\ninsecure = true\n', "otlp.endpoint: required"),
+    ('[otlp]\nendpoint = "nohost"\n', "otlp.endpoint nohost: expected HOST:PORT"),
+    ('metrics = "9464"\n', "metrics 9464: expected HOST:PORT"),
+    ('[history]\nmax_age_days = 0\n', "history.max_age_days: must be > 0"),
+    ('[history]\nkeep = 1\n', "unknown key 'history.keep'"),
+])
+def test_bad_monitoring_config_is_refused_naming_the_key(tmp_path: Path, text: str,
+                                                         message: str) -> None:
+    with pytest.raises(BadInput, match=re.escape(message)):
+        load_config(write(tmp_path / "c.toml", text))

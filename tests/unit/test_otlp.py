@@ -10,19 +10,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
-from concurrent import futures
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from conftest import free_port
 from opentelemetry.proto.trace.v1 import trace_pb2
+from otlp_receiver import Receiver, serve_receiver
 
 import tracerd
 from tracerd._budgets import Result
@@ -45,76 +42,9 @@ def name_of(nr: int) -> str:
     return NAMES.get(nr, f"syscall_{nr}")
 
 
-# ------------------------------------------------------------------- receiver
-
-
-@dataclass
-class Receiver:
-    """What a collector received: the requests, in order, and their gRPC metadata."""
-
-    port: int
-    traces: list[Any] = field(default_factory=list)
-    metrics: list[Any] = field(default_factory=list)
-    metadata: list[dict[str, str]] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def spans(self) -> list[tuple[Any, Any, Any]]:
-        """(resource, scope, span) for every span received."""
-        return [(rs.resource, ss.scope, span) for req in self.traces
-                for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
-
-    def wait_metrics(self, timeout_s: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: bool(self.metrics), timeout_s)
-
-
-class _TraceSink(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, rx: Receiver) -> None:
-        self.rx = rx
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with self.rx.cond:
-            self.rx.traces.append(request)
-            self.rx.metadata.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
-            self.rx.cond.notify_all()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-class _MetricSink(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, rx: Receiver) -> None:
-        self.rx = rx
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with self.rx.cond:
-            self.rx.metrics.append(request)
-            self.rx.metadata.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
-            self.rx.cond.notify_all()
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-
-def _serve(creds: grpc.ServerCredentials | None = None) -> Generator[Receiver, None, None]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    if creds is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", creds)
-    assert port
-    rx = Receiver(port=port)
-    # The generated *_grpc modules are unannotated.
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        _TraceSink(rx), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        _MetricSink(rx), server)
-    server.start()
-    try:
-        yield rx
-    finally:
-        server.stop(grace=None)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    yield from _serve()
+    yield from serve_receiver()
 
 
 @pytest.fixture
@@ -356,7 +286,7 @@ def _self_signed(tmp: Path) -> tuple[bytes, bytes, Path]:
 
 def test_tls_with_ca_file_and_headers(tmp_path: Path, exporters: list[OtlpExporter]) -> None:
     key_pem, cert_pem, ca = _self_signed(tmp_path)
-    served = _serve(grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    served = serve_receiver(grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     rx = next(served)
     try:
         exp = _exporter(exporters, OtlpConfig(
@@ -374,7 +304,7 @@ def test_tls_with_ca_file_and_headers(tmp_path: Path, exporters: list[OtlpExport
 def test_tls_without_the_ca_fails_flush(tmp_path: Path,
                                         exporters: list[OtlpExporter]) -> None:
     key_pem, cert_pem, _ = _self_signed(tmp_path)
-    served = _serve(grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    served = serve_receiver(grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     rx = next(served)
     try:
         # System roots do not trust the self-signed certificate: nothing may arrive.
@@ -496,15 +426,8 @@ def test_no_metrics_without_source_or_interval(receiver: Receiver,
 # ------------------------------------------------------------ no receiver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_unreachable_endpoint_neither_raises_nor_blocks() -> None:
-    cfg = OtlpConfig(endpoint=f"127.0.0.1:{_free_port()}", insecure=True,
+    cfg = OtlpConfig(endpoint=f"127.0.0.1:{free_port()}", insecure=True,
                      metrics_interval_s=0.2, timeout_s=1.0)
     exp = OtlpExporter(cfg, _snapshot, name_of)
     try:

@@ -38,6 +38,7 @@ from tracerd._sessions import (
     HubLimits,
     PidTarget,
     RequestError,
+    Session,
     SessionOptions,
     SessionSummary,
     SpawnedTarget,
@@ -45,7 +46,9 @@ from tracerd._sessions import (
     View,
     Violation,
     Watcher,
+    WatchRule,
 )
+from tracerd._metrics import SyscallTotals
 from tracerd.model import (
     EV_EXEC,
     EV_EXIT,
@@ -99,6 +102,7 @@ class FakeProc:
     state: str = "S"
     cgroup: str = "/test.slice"
     hwm: int | None = None  #: VmHWM in bytes
+    cwd: str = "/work"
 
 
 @dataclass
@@ -374,6 +378,12 @@ class FakeProcfs:
     def alive(self, pid: int) -> bool:
         st = self.stat(pid)
         return st is not None and st[0] not in ("Z", "X")
+
+    def exec_path(self, pid: int, filename: str) -> str:
+        p = self.k.proc.get(pid)
+        if filename.startswith("/") or p is None:
+            return filename
+        return os.path.normpath(os.path.join(p.cwd, filename))
 
 
 @pytest.fixture
@@ -1888,3 +1898,132 @@ def test_an_events_session_is_refused_where_another_session_has_the_slot(k: Fake
                 SessionOptions(events=True))
     assert k.slot[a] == hub.sessions[first].slot  # the first one keeps it
     start(hub, PidTarget(a))  # counting alone is fine
+
+
+# ---------------------------------------------------------------------- watch rules
+
+
+def rule(name: str, **kw: object) -> WatchRule:
+    return WatchRule(name=name, **kw)  # type: ignore[arg-type]
+
+
+def rule_sessions(hub: Hub, name: str) -> list[Session]:
+    return [s for s in hub.sessions.values() if s.rule == name]
+
+
+def test_a_watch_rule_starts_one_session_per_matching_exec_from_the_exec_on(
+        k: FakeProbe) -> None:
+    done: list[tuple[SessionSummary, Report]] = []
+    hub = Hub(k, HubLimits(), clock=k.clock, on_finish=lambda s, r: done.append((s, r)))
+    hub.set_watch_rules([rule("deploy", path="/opt/deploy.sh",
+                              options=SessionOptions(per_process=True))])
+    # The path as given to execve, and the comm for relative invocations (./deploy.sh).
+    assert k.rules == {("path", "/opt/deploy.sh"), ("comm", "deploy.sh")}
+    a, b = k.spawn(300), k.spawn(301)
+    k.proc[b].cwd = "/opt"
+    k.call(a, READ, 5)  # before its exec: nobody's
+    assert k.exec(a, "deploy.sh", "/opt/deploy.sh")
+    assert k.exec(b, "deploy.sh", "./deploy.sh")
+    hub.step(0)
+    sa, sb = rule_sessions(hub, "deploy")
+    assert (sa.root_pid, sb.root_pid) == (a, b)
+    assert sa.owner.name == "rule:deploy" and sa.target == PidTarget(a, children=True)
+    k.call(a, READ, 2)
+    child = k.fork(a, 302)
+    hub.step(0)
+    k.call(child, WRITE, 3)
+    # The child runs the script again: the outer session counts it, no new session.
+    assert k.exec(child, "deploy.sh", "/opt/deploy.sh")
+    k.call(child, WRITE, 1)
+    hub.step(0)
+    assert len(rule_sessions(hub, "deploy")) == 2
+    k.call(b, OPENAT, 1)
+    for pid in (child, a, b):
+        k.exit(pid)
+    hub.step(0)
+    assert [s.state for s in (sa, sb)] == [State.FINISHED, State.FINISHED]
+    assert calls(report(hub, sa.id)) == {READ: 2, WRITE: 4}
+    assert calls(report(hub, sb.id)) == {OPENAT: 1}
+    assert sorted(s.id for s, _ in done) == sorted([sa.id, sb.id])
+    assert all(s.rule == "deploy" for s, _ in done)
+    # A file of the same name elsewhere: tracked by the comm key, then released.
+    c = k.spawn(303)
+    assert k.exec(c, "deploy.sh", "/tmp/deploy.sh")
+    hub.step(0)
+    assert len(rule_sessions(hub, "deploy")) == 2 and not k.is_tracked(c)
+
+
+def test_every_criterion_of_a_watch_rule_must_match(k: FakeProbe) -> None:
+    hub = hub_for(k)
+    hub.set_watch_rules([rule("ci", comm="make", uids=frozenset({1000}))])
+    root, user = k.spawn(300, uid=0), k.spawn(301, uid=1000)
+    assert k.exec(root, "make", "/usr/bin/make")
+    assert k.exec(user, "make", "/usr/bin/make")
+    hub.step(0)
+    (s,) = rule_sessions(hub, "ci")
+    assert s.root_pid == user
+    assert not k.is_tracked(root)
+
+
+def test_new_watch_rules_keep_shared_keys_and_running_sessions(k: FakeProbe) -> None:
+    hub = hub_for(k)
+    hub.set_watch_rules([rule("a", comm="make"), rule("b", comm="cc")])
+    p = k.spawn(300)
+    k.exec(p, "make", "/usr/bin/make")
+    hub.step(0)
+    (s,) = rule_sessions(hub, "a")
+    k.rule_log.clear()
+    hub.set_watch_rules([rule("a2", comm="make"), rule("ld", comm="ld")])
+    assert k.rules == {("comm", "make"), ("comm", "ld")}
+    # "make" was never absent: added for a2 before a's reference went.
+    assert ("remove", "comm", "make") not in k.rule_log
+    assert s.state == State.RUNNING and s.id in hub.sessions
+    k.call(p, READ, 1)
+    k.exit(p)
+    hub.step(0)
+    assert s.state == State.FINISHED and calls(report(hub, s.id)) == {READ: 1}
+    raises_kind(ErrorKind.INVALID, hub.set_watch_rules, [rule("x", comm="a"),
+                                                          rule("x", comm="b")])
+    assert k.rules == {("comm", "make"), ("comm", "ld")}  # refused: nothing changed
+
+
+def test_watch_rule_matches_beyond_max_sessions_are_counted_not_traced(k: FakeProbe) -> None:
+    hub = hub_for(k, max_sessions=1)
+    hub.set_watch_rules([rule("r", comm="job")])
+    a, b = k.spawn(300), k.spawn(301)
+    k.exec(a, "job", "/bin/job")
+    k.exec(b, "job", "/bin/job")
+    hub.step(0)
+    assert [s.root_pid for s in rule_sessions(hub, "r")] == [a]
+    assert hub.watch_sessions_refused == 1
+    assert not k.is_tracked(b)
+    assert hub.metrics().drops["watch_sessions_refused"] == 1
+
+
+def test_metrics_count_by_rule_and_syscall_across_finished_sessions(k: FakeProbe) -> None:
+    hub = hub_for(k)
+    budget = _budgets.loads('[[assertion]]\nname = "few"\ntype = "syscall_calls"\n'
+                            'syscall_name_pattern = "read"\nmax_calls = 1\n')
+    hub.set_watch_rules([rule("r", comm="job", options=SessionOptions(budget=tuple(budget)))])
+    client = start(hub, PidTarget(k.spawn(400)))
+    k.call(400, WRITE, 2, errors=1, ns=500_000_000)
+    for pid in (300, 301):
+        k.spawn(pid)
+        k.exec(pid, "job", "/bin/job")
+        hub.step(0)
+        k.call(pid, READ, 3)
+    hub.step(0)
+    m = hub.metrics()
+    assert m.syscalls[("r", "read")].calls == 6
+    assert m.syscalls[("", "write")] == SyscallTotals(calls=2, errors=1, seconds=1.0)
+    assert m.sessions == {"running": 3, "finished": 0, "interrupted": 0}
+    assert m.sessions_started == {"": 1, "r": 2}
+    assert m.violations == {("r", "few"): 2}
+    k.exit(300)
+    hub.step(0)
+    hub.stop(ADMIN, client)
+    after = hub.metrics()
+    assert after.syscalls[("r", "read")].calls == 6  # finished: kept in the totals
+    assert after.syscalls[("", "write")].calls == 2
+    assert after.sessions == {"running": 1, "finished": 2, "interrupted": 0}
+    assert after.drains == 4 and after.drain_seconds > 0
