@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from . import __version__, _cli_daemon, _cli_golden, syscalls
+from . import __version__, _cli_daemon, _cli_golden, _top, syscalls
 from ._aggregate import filter_report
 from ._errors import (
     EXIT_BUDGET_FAILED,
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_golden.add_golden(sub, _positive_int)
     _cli_daemon.add_serve(sub)
     _cli_daemon.add_sessions(sub)
+    _top.add_top(sub)
     # Parsed by tracerd.enrich itself (main() hands it over); listed here for --help.
     sub.add_parser("enrich", add_help=False,
                    help="attribute syscall events to the functions of a debugger's timeline")

@@ -91,13 +91,15 @@ def stats_from_pb(items: Iterable[pb.SyscallStats]) -> dict[int, SyscallStats]:
 def drops_to_pb(d: Drops) -> pb.Drops:
     return pb.Drops(stats_full=d.stats_full, events_lost=d.events_lost,
                     pid_out_of_range=d.pid_out_of_range,
-                    syscall_events_lost=d.syscall_events_lost)
+                    syscall_events_lost=d.syscall_events_lost,
+                    forks_untracked=d.forks_untracked)
 
 
 def drops_from_pb(m: pb.Drops) -> Drops:
     return Drops(stats_full=m.stats_full, events_lost=m.events_lost,
                  pid_out_of_range=m.pid_out_of_range,
-                 syscall_events_lost=m.syscall_events_lost)
+                 syscall_events_lost=m.syscall_events_lost,
+                 forks_untracked=m.forks_untracked)
 
 
 def _exit_to_pb(e: ExitStatus | None, out: pb.ExitStatus) -> None:

@@ -376,6 +376,7 @@ class OtlpExporter:
             "tracerd.drops.events_lost": report.drops.events_lost,
             "tracerd.drops.pid_out_of_range": report.drops.pid_out_of_range,
             "tracerd.drops.syscall_events_lost": report.drops.syscall_events_lost,
+            "tracerd.drops.forks_untracked": report.drops.forks_untracked,
         }
         if summary.options.label:
             attrs["tracerd.session.label"] = summary.options.label

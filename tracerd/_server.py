@@ -143,6 +143,7 @@ class Servicer(pb_grpc.TracerServicer):
             counts = self.hub.counts()
             with self.hub.lock:
                 drops = self.hub.probe.drops()
+                drops.forks_untracked = counts["pids_over_limit"]
             return pb.GetInfoResponse(
                 version=__version__, kernel=self.hub.kernel, arch=self.hub.arch,
                 bpf_features=self.features,

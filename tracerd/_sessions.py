@@ -300,6 +300,8 @@ class Session:
     events_gen: int = 0  #: the slot's generation while this session holds it
     rule: str = ""  #: the watch rule that started it ("" for a client's session)
     alert: bool = True  #: violations are logged (a watch rule may turn it off)
+    #: forks it follows that were not tracked (max_tracked_pids): in its drops
+    forks_untracked: int = 0
 
     @property
     def follows_children(self) -> bool:
@@ -650,6 +652,14 @@ class Hub:
             procs[pid] = _merge(procs[pid], live) if pid in procs else live
         return dict(sorted(procs.items()))
 
+    @staticmethod
+    def _drops(sess: Session, now: Drops) -> Drops:
+        """What the session missed: the kernel's losses during its lifetime, and the
+        forks it follows that the daemon could not track."""
+        d = now.since(sess.drops_base)
+        d.forks_untracked = sess.forks_untracked
+        return d
+
     def _totals(self, sess: Session) -> dict[int, SyscallStats]:
         if sess.final is not None:
             return sess.final.totals()
@@ -661,7 +671,7 @@ class Hub:
         return Report(command=list(sess.command), arch=self.arch, kernel=self.kernel,
                       root_pid=sess.root_pid, start_ns=sess.start_ns, end_ns=None,
                       exit=sess.root_exit, processes=self._processes(sess),
-                      drops=self.probe.drops().since(sess.drops_base),
+                      drops=self._drops(sess, self.probe.drops()),
                       budget=list(sess.budget.results) if sess.budget else [])
 
     # ------------------------------------------------------------------ starting
@@ -1402,7 +1412,7 @@ class Hub:
             totals = sum_stats([p.syscalls for p in procs.values()])
             if drops_now is None:  # one read of the counters per drain, not per session
                 drops_now = self.probe.drops()
-            drops = drops_now.since(sess.drops_base)
+            drops = self._drops(sess, drops_now)
             for w in due:
                 view = View(ts_ns=now, totals=totals,
                             processes=procs if w.per_process else None, drops=drops)
@@ -1490,6 +1500,8 @@ class Hub:
         if len(self.procs) >= self.limits.max_tracked_pids:
             self.probe.untrack(child)
             self.pids_over_limit += 1
+            for s in takers:  # their counts now miss this process: said in their drops
+                s.forks_untracked += 1
             return
         pinfo = self.procs.get(parent)
         info = ProcessInfo(pid=child, ppid=parent, comm=ev.comm,
@@ -1534,6 +1546,7 @@ class Hub:
                 self._limbo.pop(pid, None)
                 self.pids_over_limit += 1
                 for s in takers:
+                    s.forks_untracked += 1
                     if s.rule and not s.members:  # started for this exec: nothing to trace
                         self._finish(s, State.INTERRUPTED, "tracked-process limit reached")
                 return

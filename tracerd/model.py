@@ -229,22 +229,27 @@ class Drops:
     pid_out_of_range: int = 0  #: forks whose pid exceeds the array sized at load time
     #: per-syscall events not recorded (any session's); never makes a count wrong
     syscall_events_lost: int = 0
+    #: forks a session follows that were not tracked: the daemon's max_tracked_pids
+    #: was reached (the daemon's own limit, not the kernel's)
+    forks_untracked: int = 0
 
     def total(self) -> int:
         """What makes counts incomplete (lost syscall events do not)."""
-        return self.stats_full + self.events_lost + self.pid_out_of_range
+        return self.stats_full + self.events_lost + self.pid_out_of_range + self.forks_untracked
 
     def add(self, other: Drops) -> None:
         self.stats_full += other.stats_full
         self.events_lost += other.events_lost
         self.pid_out_of_range += other.pid_out_of_range
         self.syscall_events_lost += other.syscall_events_lost
+        self.forks_untracked += other.forks_untracked
 
     def since(self, base: Drops) -> Drops:
         return Drops(stats_full=self.stats_full - base.stats_full,
                      events_lost=self.events_lost - base.events_lost,
                      pid_out_of_range=self.pid_out_of_range - base.pid_out_of_range,
-                     syscall_events_lost=self.syscall_events_lost - base.syscall_events_lost)
+                     syscall_events_lost=self.syscall_events_lost - base.syscall_events_lost,
+                     forks_untracked=self.forks_untracked - base.forks_untracked)
 
 
 @dataclass

@@ -243,6 +243,9 @@ def _drops_footer(drops: Drops) -> str | None:
     if drops.pid_out_of_range:
         parts.append(_plural(drops.pid_out_of_range, "fork", "forks")
                      + " not tracked (pid above the limit sized at load time)")
+    if drops.forks_untracked:
+        parts.append(_plural(drops.forks_untracked, "fork", "forks")
+                     + " not tracked (the daemon's max_tracked_pids reached)")
     if drops.syscall_events_lost:
         parts.append(_plural(drops.syscall_events_lost, "syscall event", "syscall events")
                      + " not recorded (the counts above are complete)")
@@ -351,6 +354,7 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
             "events_lost": report.drops.events_lost,
             "pid_out_of_range": report.drops.pid_out_of_range,
             "syscall_events_lost": report.drops.syscall_events_lost,
+            "forks_untracked": report.drops.forks_untracked,
         },
         "processes": procs,
         "budget": [result_to_dict(r) for r in report.budget],
@@ -580,6 +584,7 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
             # Absent from reports written before events existed.
             syscall_events_lost=_int(drops_d.get("syscall_events_lost", 0),
                                      "drops.syscall_events_lost"),
+            forks_untracked=_int(drops_d.get("forks_untracked", 0), "drops.forks_untracked"),
         ),
         budget=[_result_from(r, f"budget[{i}]")
                 for i, r in enumerate(_list(d.get("budget", []), "budget"))],

@@ -47,7 +47,7 @@ def test_exact_counts_per_process(tmp_path: Path, fixture_bin: Path) -> None:
     totals = by_name(report["totals"]["syscalls"])
     assert totals["getppid"]["calls"] == 6 * n
     assert report["drops"] == {"stats_full": 0, "events_lost": 0, "pid_out_of_range": 0,
-                               "syscall_events_lost": 0}
+                               "syscall_events_lost": 0, "forks_untracked": 0}
     # Every returned call is timed and lands in exactly one histogram bucket.
     for s in report["totals"]["syscalls"]:
         if s["name"] not in ("exit", "exit_group"):

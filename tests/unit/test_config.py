@@ -7,8 +7,8 @@ operator needs to fix it; the tests assert on those messages.
 from __future__ import annotations
 
 import hashlib
-import re
 import os
+import re
 from pathlib import Path
 
 import pytest

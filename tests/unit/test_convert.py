@@ -145,7 +145,8 @@ def test_stats_round_trip_pads_and_truncates_histograms() -> None:
 
 
 def test_drops_round_trip() -> None:
-    d = Drops(stats_full=7, events_lost=8, pid_out_of_range=9, syscall_events_lost=10)
+    d = Drops(stats_full=7, events_lost=8, pid_out_of_range=9, syscall_events_lost=10,
+              forks_untracked=11)
     assert drops_from_pb(drops_to_pb(d)) == d
 
 

@@ -340,7 +340,7 @@ def test_report_to_dict_layout() -> None:
     assert d["duration_ns"] == 2_000_002_000
     assert d["exit"] == {"code": 0, "signal": None, "core_dumped": False, "status": 0}
     assert d["drops"] == {"stats_full": 0, "events_lost": 2, "pid_out_of_range": 0,
-                          "syscall_events_lost": 0}
+                          "syscall_events_lost": 0, "forks_untracked": 0}
     assert [p["pid"] for p in d["processes"]] == [200, 300]
     child = d["processes"][1]
     assert child["exit"] is None and child["end_ns"] is None

@@ -607,6 +607,10 @@ def test_fork_over_max_tracked_pids_is_untracked_and_counted(k: FakeProbe) -> No
     assert set(hub.sessions[sid].members) == {p, c1}
     assert not k.is_tracked(c2)
     assert hub.counts()["pids_over_limit"] == 1 and hub.counts()["tracked"] == 2
+    # Not silent: the session's report and watchers say its counts miss a process.
+    assert report(hub, sid).drops.forks_untracked == 1
+    assert report(hub, sid).drops.total() == 1
+    assert hub.metrics().drops["pids_over_limit"] == 1
 
 
 def test_children_alive_at_start_are_walked(k: FakeProbe) -> None:

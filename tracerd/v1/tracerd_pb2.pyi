@@ -1261,6 +1261,7 @@ class Drops(_message.Message):
     EVENTS_LOST_FIELD_NUMBER: _builtins.int
     PID_OUT_OF_RANGE_FIELD_NUMBER: _builtins.int
     SYSCALL_EVENTS_LOST_FIELD_NUMBER: _builtins.int
+    FORKS_UNTRACKED_FIELD_NUMBER: _builtins.int
     stats_full: _builtins.int
     """Syscalls not counted: statistics map full."""
     events_lost: _builtins.int
@@ -1271,6 +1272,10 @@ class Drops(_message.Message):
     """Per-syscall events not recorded, any session's (ring buffer full, in-flight
     map full); counts are never affected. Per session: EventBatch.kernel_lost.
     """
+    forks_untracked: _builtins.int
+    """Forks a session follows that were not tracked because the daemon tracked
+    max_tracked_pids processes already (their calls are missing from the counts).
+    """
     def __init__(
         self,
         *,
@@ -1278,10 +1283,11 @@ class Drops(_message.Message):
         events_lost: _builtins.int = ...,
         pid_out_of_range: _builtins.int = ...,
         syscall_events_lost: _builtins.int = ...,
+        forks_untracked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_lost", b"events_lost", "pid_out_of_range", b"pid_out_of_range", "stats_full", b"stats_full", "syscall_events_lost", b"syscall_events_lost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_lost", b"events_lost", "forks_untracked", b"forks_untracked", "pid_out_of_range", b"pid_out_of_range", "stats_full", b"stats_full", "syscall_events_lost", b"syscall_events_lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
