@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from tracerd import _budgets, _procfs, _records, _sessions
 from tracerd._events import EventFilter
+from tracerd._metrics import SyscallTotals
 from tracerd._procfs import ProcStat
 from tracerd._sessions import (
     FOLDED_PID,
@@ -48,7 +49,6 @@ from tracerd._sessions import (
     Watcher,
     WatchRule,
 )
-from tracerd._metrics import SyscallTotals
 from tracerd.model import (
     EV_EXEC,
     EV_EXIT,
