@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from . import __version__, _cli_daemon, _cli_golden, _top, syscalls
 from ._aggregate import filter_report
+from ._cli_daemon import positive_float, positive_int
 from ._errors import (
     EXIT_BUDGET_FAILED,
     EXIT_USAGE,
@@ -31,18 +33,6 @@ with --budget FILE: 5 when an assertion that fails the session failed (65: the f
 """
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,15 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one table per process, then the total")
     run.add_argument("--percentiles", action="store_true",
                      help="add p50/p99 latency columns from the kernel histogram")
-    run.add_argument("-p", "--pid", type=_positive_int,
+    run.add_argument("-p", "--pid", type=positive_int,
                      help="attach to a running process and the processes it forks")
     run.add_argument("-e", "--syscalls", action="append", metavar="SPEC", default=[],
                      help="only these syscalls: names and classes (file, network, process, "
                           "memory, signal, ipc, desc, creds), comma-separated, repeatable; "
                           "trace=%%file style accepted")
-    run.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+    run.add_argument("--duration", type=positive_float, metavar="SECONDS",
                      help="stop tracing after SECONDS")
-    run.add_argument("--max-stats", type=_positive_int, metavar="N",
+    run.add_argument("--max-stats", type=positive_int, metavar="N",
                      help="size of the kernel's (process, syscall) map (default 65536)")
     run.add_argument("--save-golden", metavar="FILE",
                      help="also write this run as a golden file (a one-run baseline)")
@@ -91,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="CMD [ARGS...]")
     run.set_defaults(func=_cmd_run)
     _cli_daemon.add_client_options(run, optional=True)
-    _cli_golden.add_golden(sub, _positive_int)
+    _cli_golden.add_golden(sub, positive_int)
     _cli_daemon.add_serve(sub)
     _cli_daemon.add_sessions(sub)
     _top.add_top(sub)
@@ -219,4 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     except TracerdError as e:
         print(f"tracerd: {e}", file=sys.stderr)
         return e.exit_status
+    except BrokenPipeError:
+        # `tracerd ... | head`: the reader has what it wanted. Nothing more can be
+        # written, so stdout goes to /dev/null for the interpreter's final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return status

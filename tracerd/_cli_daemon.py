@@ -52,6 +52,30 @@ exit status: 0 ok; 65 invalid request, 67 no such session or process, 75 daemon
 EXIT_INTERRUPTED = 4
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
 def add_client_options(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """--remote and credentials; with ``optional``, no daemon is used unless --remote is given."""
     g = p.add_argument_group("daemon connection")

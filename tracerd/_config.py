@@ -260,12 +260,18 @@ _RULE_KEYS = {"name", "path", "comm", "cgroup", "uids", "budget", "actions", "sy
 _ACTIONS = ("alert", "enforce")
 
 
+def _entry(path: str, table: str, i: int, data: Any, keys: set[str]) -> dict[str, Any]:
+    """The i-th entry of a [[table]]: a table with known keys only."""
+    _check(path, "", f"{table}[{i}]", data, dict)
+    unknown = set(data) - keys
+    if unknown:
+        raise BadInput(f"{path}: unknown key '{table}[{i}].{sorted(unknown)[0]}'")
+    return dict(data)
+
+
 def _rule(path: str, i: int, data: Any) -> WatchRule:
     where = f"rule[{i}]."
-    _check(path, "", f"rule[{i}]", data, dict)
-    unknown = set(data) - _RULE_KEYS
-    if unknown:
-        raise BadInput(f"{path}: unknown key '{where}{sorted(unknown)[0]}'")
+    data = _entry(path, "rule", i, data, _RULE_KEYS)
     name = _check(path, where, "name", data.get("name"), str)
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise BadInput(f"{path}: {where}name: {name!r}: 1 to 64 letters, digits, '-', '_', '.'")
@@ -396,12 +402,9 @@ def load_tokens(path: str) -> list[Token]:
         raise BadInput(f"{path}: unknown key {sorted(extra)[0]!r}")
     tokens: list[Token] = []
     seen_names: set[str] = set()
-    for i, t in enumerate(_check(path, "", "token", data.get("token", []), list)):
+    for i, raw_t in enumerate(_check(path, "", "token", data.get("token", []), list)):
         where = f"token[{i}]."
-        _check(path, "", f"token[{i}]", t, dict)
-        unknown = set(t) - _TOKEN_KEYS
-        if unknown:
-            raise BadInput(f"{path}: unknown key '{where}{sorted(unknown)[0]}'")
+        t = _entry(path, "token", i, raw_t, _TOKEN_KEYS)
         name = _check(path, where, "name", t.get("name"), str)
         if not name or name == LOCAL.name or name in seen_names:
             raise BadInput(f"{path}: {where}name: {name!r} is empty, reserved or repeated")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import syscalls
-from ._cli_daemon import add_client_options, connect
+from ._cli_daemon import add_client_options, connect, non_negative_int, positive_float, positive_int
 from ._errors import TracerdError
 from ._sessions import (
     FOLDED_PID,
@@ -405,25 +405,7 @@ def select(summaries: Iterable[SessionSummary], now_ns: int,
 # ---------------------------------------------------------------------- live
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
 
 
 _EPILOG = """\
@@ -443,14 +425,14 @@ def add_top(sub: Any) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("session_id", metavar="ID", nargs="?",
                    help="show this session: its syscalls, processes and violations")
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (default 1.0)")
-    p.add_argument("-n", "--iterations", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("-n", "--iterations", type=non_negative_int, default=0, metavar="N",
                    help="stop after N frames (default 0: until interrupted)")
     p.add_argument("--once", action="store_true",
                    help="print one frame (with rates, after one interval), without "
                         "terminal control codes, and exit")
-    p.add_argument("--rows", type=_positive_int, metavar="N",
+    p.add_argument("--rows", type=positive_int, metavar="N",
                    help="at most N rows per table (default: what fits the terminal; "
                         "10 when not on a terminal)")
     add_client_options(p)
