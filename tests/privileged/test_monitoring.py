@@ -256,3 +256,23 @@ path = "{program}"
     names = {m.name for req in rx.metrics for rm in req.resource_metrics
              for sm in rm.scope_metrics for m in sm.metrics}
     assert "tracerd.syscalls" in names
+
+
+def test_bpf_run_time_is_a_metric_when_the_kernel_keeps_it(
+        monitored: tuple[Daemon, int, Path], program: Path) -> None:
+    _, port, _ = monitored
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = knob.read_text().strip()
+    knob.write_text("0")
+    try:
+        assert not [k for k in scrape(port) if k.startswith("tracerd_bpf_")]
+        knob.write_text("1")
+        assert run(program) == 0
+        m = scrape(port)
+    finally:
+        knob.write_text(before)
+    runs = {k: v for k, v in m.items() if k.startswith("tracerd_bpf_runs_total")}
+    secs = {k: v for k, v in m.items() if k.startswith("tracerd_bpf_run_seconds_total")}
+    assert runs and secs
+    assert max(runs.values()) >= 6 * N  # sys_enter ran for every getppid at least
+    assert max(secs.values()) > 0
