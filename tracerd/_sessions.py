@@ -1681,7 +1681,8 @@ class Hub:
 def _log_violation(sess: Session, v: Violation) -> None:
     r = v.result
     verdict = "failed" if r.counts else "warning"
-    _log.warning("session %s: budget %s %s: %s", sess.id, r.name, verdict, r.message)
+    rule = f" (rule {sess.rule}, pid {sess.root_pid})" if sess.rule else ""
+    _log.warning("session %s%s: budget %s %s: %s", sess.id, rule, r.name, verdict, r.message)
 
 
 def drain_forever(hub: Hub, stop: threading.Event, poll_ms: int = 100,
