@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check budget-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
+.PHONY: help setup demo test golden-check budget-check packaging-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, root)
 	@bash tools/setup.sh
@@ -17,7 +17,7 @@ setup: ## install OS packages, kernel headers link, tracefs, .venv (idempotent, 
 demo: setup ## trace the bundled sample workload and print the strace -c style summary
 	$(TRACERD) run --percentiles -- sh examples/workload.sh
 
-test: setup lint typecheck proto-check golden-check budget-check ## run every test (unit + privileged BPF), as CI does
+test: setup lint typecheck proto-check golden-check budget-check packaging-check ## run every test (unit + privileged BPF), as CI does
 	$(PY) tools/gen_syscalls.py --check
 	$(PY) tools/gen_signatures.py --check
 	$(PY) -m pytest -q -ra tests
@@ -36,6 +36,10 @@ budget-check: setup ## run each examples/golden/*.sh under examples/renacer.toml
 	  env -i PATH=/usr/bin:/bin LC_ALL=C $(TRACERD) run --budget examples/renacer.toml \
 	    -- sh "$$script" > /dev/null; \
 	done
+
+# systemd-analyze verify on a copy of the unit, hadolint on the Dockerfile (no engine here).
+packaging-check: setup ## verify systemd/tracerd.service and lint the Dockerfile (offline)
+	@bash tools/check_packaging.sh
 
 unit: setup ## fast pure-logic tests only
 	$(PY) -m pytest -q tests/unit

@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import struct
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -297,7 +298,12 @@ def check_headers() -> None:
     if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
         return
     build = Path("/lib/modules") / os.uname().release / "build"
-    if not (build / "include").is_dir():
+    try:
+        found = (build / "include").is_dir()
+    except OSError as e:  # e.g. hidden by a sandbox (systemd ProtectKernelModules=yes)
+        raise HeadersMissing(f"kernel headers at {build}: cannot read them: {e.strerror}; a "
+                             "service must be allowed to read /lib/modules and /usr/src") from None
+    if not found:
         raise HeadersMissing(
             f"no kernel headers at {build}: run 'make setup' (links the installed "
             "linux-headers tree) or install linux-headers-$(uname -r)"
@@ -306,10 +312,17 @@ def check_headers() -> None:
 
 def ensure_tracefs() -> None:
     """BCC reads tracepoint formats from tracefs; mount it if nobody did."""
-    if any((p / "events").is_dir() for p in _TRACEFS):
+    def mounted() -> bool:
+        with contextlib.suppress(OSError):
+            return any((p / "events").is_dir() for p in _TRACEFS)
+        return False
+
+    if mounted():
         return
-    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
-    if rc != 0 or not (_TRACEFS[0] / "events").is_dir():
+    with contextlib.suppress(OSError):  # no shell: the command is fixed, its output dropped
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(_TRACEFS[0])], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    if not mounted():
         raise BpfUnusable("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing")
 
 

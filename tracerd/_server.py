@@ -305,7 +305,11 @@ def _prepare_socket_dir(path: Path, gid: int | None) -> None:
         raise BadInput(f"socket directory {d} must be owned by the daemon's user and not "
                        "world-writable")
     if gid is not None:
-        os.chown(d, -1, gid)
+        try:
+            os.chown(d, -1, gid)
+        except PermissionError:
+            raise BadInput(f"socket directory {d}: cannot give it group {gid} (the daemon "
+                           "needs CAP_CHOWN for --socket-group)") from None
         os.chmod(d, 0o750)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -375,7 +379,11 @@ def build_server(hub: Hub, config: DaemonConfig, features: list[str],
         finally:
             os.umask(old)
         if gid is not None:
-            os.chown(path, -1, gid)
+            try:
+                os.chown(path, -1, gid)
+            except PermissionError:
+                raise BadInput(f"{path}: cannot give it group {gid} (the daemon needs "
+                               "CAP_CHOWN for --socket-group)") from None
         os.chmod(path, 0o660)
     creds = None
     if config.tls_cert and config.tls_key:

@@ -459,6 +459,17 @@ def test_plaintext_tcp_needs_insecure_and_loopback(tmp_path: Path) -> None:
     assert r.returncode == 65 and "loopback addresses only" in r.stderr
 
 
+def test_socket_group_without_cap_chown_is_a_clear_error(tmp_path: Path) -> None:
+    # As a hardened service without CAP_CHOWN: one line and 65, not a traceback.
+    sock = tmp_path / "run" / "tracerd.sock"
+    r = subprocess.run(["setpriv", "--bounding-set=-chown", "--inh-caps=-chown", *TRACERD,
+                        "serve", "--socket", str(sock), "--socket-group", "nogroup",
+                        "--state-dir", ""], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 65, r.stderr
+    assert "needs CAP_CHOWN for --socket-group" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_slow_watcher_does_not_hold_back_others(daemon: Daemon, fixture_bin: Path) -> None:
     p = subprocess.Popen([str(fixture_bin), "phases"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,37 @@
+"""The daemon's start-up checks turn an unreadable or missing prerequisite into one
+clear error with its exit status, never a traceback (tracerd._probe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracerd import _probe
+from tracerd._errors import TracerdError
+
+
+def test_headers_hidden_by_a_sandbox_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    real_exists, real_is_dir = Path.exists, Path.is_dir
+
+    def exists(p: Path) -> bool:
+        return False if p.name == "kheaders.tar.xz" else real_exists(p)
+
+    def is_dir(p: Path) -> bool:
+        if str(p).startswith("/lib/modules"):
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(p)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    with pytest.raises(_probe.HeadersMissing, match="cannot read them: Permission denied") as e:
+        _probe.check_headers()
+    assert isinstance(e.value, TracerdError) and e.value.exit_status == 72
+
+
+def test_tracefs_that_cannot_be_mounted_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setattr(_probe, "_TRACEFS", (tmp_path / "tracing", tmp_path / "debug"))
+    with pytest.raises(_probe.BpfUnusable, match="tracefs is not mounted"):
+        _probe.ensure_tracefs()
