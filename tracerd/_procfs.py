@@ -117,14 +117,14 @@ def vm_hwm_bytes(pid: int) -> int | None:
     return None
 
 
-def exec_path(pid: int, filename: str) -> str:
+def exec_path(pid: int, filename: str) -> str | None:
     """The absolute path of an exec'd ``filename`` (as given to execve): a relative one
-    is taken from the process's working directory, if it can still be read (the
-    process may have moved on or exited: then ``filename`` is returned as it is)."""
+    is taken from the process's working directory; None when that cannot be read any
+    more (the process has exited)."""
     if filename.startswith("/"):
         return os.path.normpath(filename)
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
-        return filename
+        return None
     return os.path.normpath(os.path.join(cwd, filename))

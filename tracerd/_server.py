@@ -205,6 +205,8 @@ class Servicer(pb_grpc.TracerServicer):
                 # Finished sessions: those still in memory, then the history's (earlier
                 # daemon runs, or forgotten here); a session in both is shown once.
                 ids = {m.session_id for m in found}
+                # A session forgotten here a moment ago may still be in the writer's queue.
+                self.history.flush(1.0)
                 for e in self.history.list(since_unix_ns=since or None, rule=rule or None,
                                            owner=None if caller.admin else caller.name,
                                            limit=limit):
@@ -225,6 +227,7 @@ class Servicer(pb_grpc.TracerServicer):
             except RequestError as e:
                 if e.kind != ErrorKind.NOT_FOUND or self.history is None:
                     raise
+                self.history.flush(1.0)  # it may have been forgotten a moment ago
                 entry = self.history.get(request.session_id)
                 if entry is None or not (caller.admin or entry.owner == caller.name):
                     raise  # another client's session is as unknown as a missing one
@@ -253,7 +256,9 @@ class Servicer(pb_grpc.TracerServicer):
                     yield pb.WatchResponse(violation=_convert.violation_to_pb(ev))
                 else:
                     yield pb.WatchResponse(state=_convert.summary_to_pb(ev))
-            if view is not None and final is None:
+            if view is not None:
+                # Sent even just before the final report: its `missed` counts updates
+                # coalesced into it, which the final message has no field for.
                 seq += 1
                 delta = since_stats(view.totals, last)
                 last = view.totals

@@ -214,8 +214,15 @@ class WatchRule:
             return [("comm", self.comm)]
         return [("cgroup", i) for i in sorted(self.cgroup_ids)]
 
-    def matches(self, ev: LifecycleEvent, path: str) -> bool:
-        """``path``: the exec'd file's absolute path (tracerd._procfs.exec_path)."""
+    def matches(self, ev: LifecycleEvent, path: str | None) -> bool:
+        """``path``: the exec'd file's absolute path (tracerd._procfs.exec_path); None
+        when a relative one could not be resolved because the process has exited by
+        the time the daemon reads its exec: then the file's name decides (known race:
+        a same-named file elsewhere is taken for it; the process is gone, so this can
+        only add a report, never act on a wrong process)."""
+        if path is None:
+            path = self.path if os.path.basename(ev.filename) == os.path.basename(
+                self.path) else ""
         return ((not self.path or path == self.path)
                 and (not self.comm or ev.comm == self.comm)
                 and (not self.cgroup_ids or ev.cgroup_id in self.cgroup_ids)
@@ -1195,7 +1202,7 @@ class Hub:
         outer session counts it already.
         """
         out: list[Session] = []
-        path = ""
+        path: str | None = ""
         if any(r.path for r in self._watch_rules):
             path = _procfs.exec_path(ev.pid, ev.filename)
         for rule in self._watch_rules:
@@ -1333,6 +1340,7 @@ class Hub:
                 self.on_finish(summary, sess.final)
             except Exception:  # history or export trouble must not stop the drain
                 _log.exception("session %s: handing on the final report failed", sess.id)
+        self._forget_old()
 
     def _wanted(self) -> set[int]:
         return {pid for s in self.sessions.values() if s.state == State.RUNNING

@@ -379,11 +379,11 @@ class FakeProcfs:
         st = self.stat(pid)
         return st is not None and st[0] not in ("Z", "X")
 
-    def exec_path(self, pid: int, filename: str) -> str:
+    def exec_path(self, pid: int, filename: str) -> str | None:
         p = self.k.proc.get(pid)
-        if filename.startswith("/") or p is None:
+        if filename.startswith("/"):
             return filename
-        return os.path.normpath(os.path.join(p.cwd, filename))
+        return None if p is None else os.path.normpath(os.path.join(p.cwd, filename))
 
 
 @pytest.fixture
@@ -1955,6 +1955,15 @@ def test_a_watch_rule_starts_one_session_per_matching_exec_from_the_exec_on(
     assert k.exec(c, "deploy.sh", "/tmp/deploy.sh")
     hub.step(0)
     assert len(rule_sessions(hub, "deploy")) == 2 and not k.is_tracked(c)
+    # `./deploy.sh` that has exited before the daemon reads its exec: its cwd is gone,
+    # its file name decides, and its calls are the session's.
+    d = k.spawn(304)
+    assert k.exec(d, "deploy.sh", "./deploy.sh")
+    k.call(d, READ, 4)
+    k.exit(d)
+    hub.step(0)
+    (sd,) = [s for s in rule_sessions(hub, "deploy") if s.root_pid == d]
+    assert sd.state == State.FINISHED and calls(report(hub, sd.id)) == {READ: 4}
 
 
 def test_every_criterion_of_a_watch_rule_must_match(k: FakeProbe) -> None:
