@@ -124,6 +124,10 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-sessions", type=int, metavar="N")
     p.add_argument("--max-watchers", type=int, metavar="N")
     p.add_argument("--max-tracked-pids", type=int, metavar="N")
+    p.add_argument("--max-stats", type=positive_int, metavar="N",
+                   help="entries of the kernel's (process, syscall) counter map")
+    p.add_argument("--ringbuf-pages", type=positive_int, metavar="N",
+                   help="pages of the kernel's lifecycle event ring (a power of 2)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
     p.add_argument("--state-dir", metavar="DIR", help="where the history of finished sessions "
                    f"is kept (default {DEFAULT_STATE_DIR}; '' keeps none)")
@@ -155,6 +159,12 @@ def _serve_config(args: argparse.Namespace) -> DaemonConfig:
         if v <= 0:
             raise TracerdError(f"--{k.replace('_', '-')}: must be > 0", EXIT_USAGE)
     cfg.limits = replace(cfg.limits, **changes)
+    for key in ("max_stats", "ringbuf_pages"):
+        if getattr(args, key) is not None:
+            cfg.kernel_limits[key] = getattr(args, key)
+    pages = cfg.kernel_limits.get("ringbuf_pages", 1)
+    if pages & (pages - 1):
+        raise TracerdError(f"--ringbuf-pages: a power of 2, got {pages}", EXIT_USAGE)
     return cfg
 
 

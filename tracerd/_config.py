@@ -15,6 +15,8 @@ Config file (TOML, every key optional; command-line flags override it)::
     metrics = "127.0.0.1:9464"             # Prometheus /metrics (plain HTTP); unset: none
     [limits]
     max_sessions = 64                      # and the other HubLimits fields, max_message_bytes
+    max_stats = 65536                      # kernel: (process, syscall) counters
+    ringbuf_pages = 64                     # kernel: lifecycle event ring (a power of 2)
     [history]
     max_age_days = 30                      # finished sessions older than this are deleted
     max_sessions = 100000                  # and beyond this many, the oldest
@@ -107,6 +109,8 @@ class DaemonConfig:
     log_level: str = "info"
     limits: HubLimits = field(default_factory=HubLimits)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    #: kernel map sizes (tracerd._probe.Limits): max_stats, ringbuf_pages; unset: defaults
+    kernel_limits: dict[str, int] = field(default_factory=dict)
     state_dir: str = DEFAULT_STATE_DIR
     metrics: str | None = None  #: HOST:PORT of the Prometheus endpoint
     history_max_age_days: float = 30.0
@@ -181,14 +185,19 @@ def load_config(path: str) -> DaemonConfig:
             cfg.insecure = _check(path, "", key, value, bool)
         elif key == "limits":
             cfg.limits, cfg.max_message_bytes = _limits(path, _check(path, "", key, value, dict),
-                                                        cfg.limits, cfg.max_message_bytes)
+                                                        cfg.limits, cfg.max_message_bytes,
+                                                        cfg.kernel_limits)
         else:
             raise BadInput(f"{path}: unknown key {key!r}")
     return cfg
 
 
-def _limits(path: str, data: dict[str, Any], base: HubLimits,
-            max_msg: int) -> tuple[HubLimits, int]:
+#: [limits] keys that size kernel maps (tracerd._probe.Limits), not the hub's limits
+KERNEL_LIMITS = ("max_stats", "ringbuf_pages")
+
+
+def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
+            kernel: dict[str, int]) -> tuple[HubLimits, int]:
     names = {f.name for f in fields(HubLimits)}
     changes: dict[str, int] = {}
     for key, value in data.items():
@@ -197,6 +206,10 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits,
             raise BadInput(f"{path}: limits.{key}: must be > 0, got {v}")
         if key == "max_message_bytes":
             max_msg = v
+        elif key in KERNEL_LIMITS:
+            if key == "ringbuf_pages" and v & (v - 1):
+                raise BadInput(f"{path}: limits.ringbuf_pages: a power of 2, got {v}")
+            kernel[key] = v
         elif key in names:
             changes[key] = v
         else:

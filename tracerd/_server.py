@@ -546,7 +546,7 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
     if config.tokens:
         load_tokens(config.tokens)  # a bad tokens file fails before BPF is loaded
     history = _open_history(config)
-    probe = Probe(Limits.for_this_kernel()).open()
+    probe = Probe(Limits.for_this_kernel(**config.kernel_limits)).open()
     stop = threading.Event()
     hup = threading.Event()
     drain = None
