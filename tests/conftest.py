@@ -102,8 +102,9 @@ class Daemon:
         self.proc = subprocess.Popen(
             # The history goes to the test's directory, not /var/lib/tracerd (a later
             # --state-dir in extra wins).
-            [*TRACERD, "serve", "--socket", self.socket, "--state-dir",
-             str(workdir / "state"), *extra],
+            # --config /dev/null: never the host's /etc/tracerd/tracerd.toml.
+            [*TRACERD, "serve", "--socket", self.socket, "--config", os.devnull,
+             "--state-dir", str(workdir / "state"), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def client(self, **kw: Any) -> Any:
@@ -178,3 +179,30 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def scrape(address: str) -> dict[str, float]:
+    """A daemon's Prometheus /metrics at HOST:PORT, as {'name{labels}': value}."""
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def wait_for(what: Any, timeout: float = 30, why: str = "") -> Any:
+    """Poll ``what()`` every 0.1 s until it is truthy; its value."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < deadline, why or "timed out"
+        time.sleep(0.1)

@@ -20,6 +20,8 @@ from ._config import (
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
     DaemonConfig,
+    check_kernel_limits,
+    check_metrics_address,
     load_config,
     read_token_file,
 )
@@ -27,6 +29,7 @@ from ._errors import (
     EXIT_BUDGET_FAILED,
     EXIT_DATAERR,
     EXIT_USAGE,
+    BadInput,
     TracerdError,
     Unreadable,
 )
@@ -162,9 +165,12 @@ def _serve_config(args: argparse.Namespace) -> DaemonConfig:
     for key in ("max_stats", "ringbuf_pages"):
         if getattr(args, key) is not None:
             cfg.kernel_limits[key] = getattr(args, key)
-    pages = cfg.kernel_limits.get("ringbuf_pages", 1)
-    if pages & (pages - 1):
-        raise TracerdError(f"--ringbuf-pages: a power of 2, got {pages}", EXIT_USAGE)
+    try:
+        check_kernel_limits(cfg.kernel_limits, "--")
+        if cfg.metrics:
+            check_metrics_address(cfg.metrics, "--metrics")
+    except BadInput as e:
+        raise TracerdError(str(e), EXIT_USAGE) from None
     return cfg
 
 
@@ -172,7 +178,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ._server import serve  # noqa: PLC0415
 
     cfg = _serve_config(args)
-    return serve(cfg, (lambda: _serve_config(args)) if _config_path(args) else None)
+    # Reloads look for the default file again: it may have been created since.
+    return serve(cfg, lambda: _serve_config(args))
 
 
 # ---------------------------------------------------------------------- sessions
@@ -356,14 +363,14 @@ def parse_since(text: str, now: float) -> int:
             n = float(t[:-1])
         except ValueError:
             n = -1.0
-        if n >= 0:
-            return int((now - n * _UNITS[t[-1]]) * 1e9)
+        if 0 <= n <= 100 * 365 * 86400:  # also refuses inf and nan
+            return max(0, int((now - n * _UNITS[t[-1]]) * 1e9))
     try:
         when = datetime.datetime.fromisoformat(t)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise TracerdError(f"--since {text!r}: expected a duration (90s, 15m, 2h, 7d) or a "
                            "date (2026-11-22 or 2026-11-22T10:00)", EXIT_USAGE) from None
-    return int(when.timestamp() * 1e9)
+    return max(0, int(when.timestamp() * 1e9))
 
 
 def syscall_filter(specs: list[str], arch: str) -> frozenset[int] | None:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import stat
 import tomllib
@@ -164,8 +165,8 @@ def load_config(path: str) -> DaemonConfig:
     for key, value in data.items():
         if key in _STR_KEYS:
             setattr(cfg, key, _check(path, "", key, value, str))
-            if key == "metrics":
-                _host_of(value, "metrics")
+            if key == "metrics" and value:
+                check_metrics_address(value, f"{path}: metrics")
         elif key == "history":
             _history(path, _check(path, "", key, value, dict), cfg)
         elif key == "otlp":
@@ -207,9 +208,8 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
         if key == "max_message_bytes":
             max_msg = v
         elif key in KERNEL_LIMITS:
-            if key == "ringbuf_pages" and v & (v - 1):
-                raise BadInput(f"{path}: limits.ringbuf_pages: a power of 2, got {v}")
             kernel[key] = v
+            check_kernel_limits(kernel, f"{path}: limits.")
         elif key in names:
             changes[key] = v
         else:
@@ -217,13 +217,35 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
     return replace(base, **changes), max_msg
 
 
+def check_kernel_limits(kernel: dict[str, int], where: str) -> None:
+    pages = kernel.get("ringbuf_pages", 1)
+    if pages & (pages - 1):
+        raise BadInput(f"{where}ringbuf_pages: a power of 2, got {pages}")
+
+
+def check_metrics_address(addr: str, what: str) -> None:
+    """HOST:PORT with an explicit host: /metrics has no authentication, so listening on
+    every interface must be asked for by name (0.0.0.0 or [::])."""
+    if not _host_of(addr, what):
+        raise BadInput(f"{what} {addr}: give the address to listen on (127.0.0.1:PORT; "
+                       "0.0.0.0:PORT for every interface)")
+
+
+def _number(path: str, where: str, key: str, value: Any, *, lo: float, hi: float) -> float:
+    """A finite int or float within [lo, hi] (TOML also has inf and nan)."""
+    v = _check(path, where, key, value, (int, float))
+    if isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+        raise BadInput(f"{path}: {where}{key}: expected a number in {lo:g}..{hi:g}, got {v}")
+    return float(v)
+
+
 def _history(path: str, data: dict[str, Any], cfg: DaemonConfig) -> None:
     for key, value in data.items():
         if key == "max_age_days":
-            v = _check(path, "history.", key, value, (int, float))
-            if isinstance(v, bool) or v <= 0:
+            v = _number(path, "history.", key, value, lo=0, hi=36500)
+            if v == 0:
                 raise BadInput(f"{path}: history.max_age_days: must be > 0, got {v}")
-            cfg.history_max_age_days = float(v)
+            cfg.history_max_age_days = v
         elif key == "max_sessions":
             n = _check(path, "history.", key, value, int)
             if n <= 0:
@@ -248,11 +270,15 @@ def _otlp(path: str, data: dict[str, Any]) -> OtlpSettings:
     headers = _check(path, "otlp.", "headers", data.get("headers", {}), dict)
     for k, v in headers.items():
         _check(path, "otlp.headers.", k, v, str)
-    interval = _check(path, "otlp.", "metrics_interval_s", data.get("metrics_interval_s", 60),
-                      (int, float))
-    if isinstance(interval, bool) or interval < 0:
-        raise BadInput(f"{path}: otlp.metrics_interval_s: must be >= 0, got {interval}")
+    interval = _number(path, "otlp.", "metrics_interval_s", data.get("metrics_interval_s", 60),
+                       lo=0, hi=86400)
     ca = data.get("ca_file")
+    if ca is not None:
+        ca_path = _resolve(path, _check(path, "otlp.", "ca_file", ca, str))
+        try:
+            Path(ca_path).read_bytes()
+        except OSError as e:
+            raise BadInput(f"{path}: otlp.ca_file: {ca_path}: {e.strerror}") from None
     return OtlpSettings(
         endpoint=endpoint, insecure=_check(path, "otlp.", "insecure",
                                            data.get("insecure", False), bool),
@@ -419,7 +445,8 @@ def load_tokens(path: str) -> list[Token]:
         where = f"token[{i}]."
         t = _entry(path, "token", i, raw_t, _TOKEN_KEYS)
         name = _check(path, where, "name", t.get("name"), str)
-        if not name or name == LOCAL.name or name in seen_names:
+        # ":" is reserved for owners the daemon names itself (rule:NAME, mtls:CN).
+        if not name or name == LOCAL.name or name in seen_names or ":" in name:
             raise BadInput(f"{path}: {where}name: {name!r} is empty, reserved or repeated")
         seen_names.add(name)
         if ("sha256" in t) == ("secret" in t):

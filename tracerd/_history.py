@@ -99,6 +99,8 @@ _COLUMNS = (
     "session_id, owner, rule, state, start_unix_ns, end_unix_ns, calls, violations,"
     " summary, report"
 )
+#: The same, with an empty blob in place of the report (listing needs no reports).
+_SUMMARY_COLUMNS = _COLUMNS.removesuffix("report") + "x''"
 
 
 @dataclass(frozen=True)
@@ -473,12 +475,16 @@ class History(Generic[T]):
         since_unix_ns: int | None = None,
         owner: str | None = None,
         rule: str | None = None,
+        state: str | None = None,
         limit: int = 1000,
+        reports: bool = True,
     ) -> builtins.list[Entry]:
         """Sessions newest first by end time (ties by id), at most ``limit``.
 
-        ``since_unix_ns`` keeps those that ended at or after it; ``owner`` and ``rule``
-        keep those with exactly that owner / rule (None: any).
+        ``since_unix_ns`` keeps those that ended at or after it; ``owner``, ``rule`` and
+        ``state`` keep those with exactly that value (None: any). ``reports=False``
+        leaves each entry's report empty: listing needs only the summaries, and the
+        reports are most of the bytes.
         """
         if limit < 0:
             raise ValueError(f"limit must not be negative, not {limit}")
@@ -493,7 +499,11 @@ class History(Generic[T]):
         if rule is not None:
             where.append("rule = ?")
             args.append(rule)
-        sql = f"SELECT {_COLUMNS} FROM sessions"
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        columns = _COLUMNS if reports else _SUMMARY_COLUMNS
+        sql = f"SELECT {columns} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY end_unix_ns DESC, session_id DESC LIMIT ?"

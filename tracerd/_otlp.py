@@ -19,6 +19,7 @@ move by the same amount and keep their order and durations.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
@@ -82,6 +83,10 @@ MAX_RULE_PROVIDERS = 64
 #: Spans waiting for the exporter: a few sessions' worth (MAX_PROCESS_SPANS + 1 each),
 #: enough to ride out a collector restart of a few seconds.
 SPAN_QUEUE_SIZE = 8192
+
+#: Finished sessions waiting to be turned into spans. Building a session's spans is
+#: work (hundreds of attributes); the drain only queues, a worker thread builds.
+SESSION_QUEUE_SIZE = 1024
 
 #: Distinct attribute sets per metric stream. The SDK's default (2000) would fold real
 #: series into one ``otel.metric.overflow`` point with a handful of rules, since every
@@ -295,6 +300,12 @@ class OtlpExporter:
             max_events=256, max_event_attributes=32,
             max_span_attribute_length=MAX_ATTRIBUTE_LENGTH)
         self._tracers: OrderedDict[str, trace_api.Tracer] = OrderedDict()
+        self._sessions: queue.Queue[tuple[SessionSummary, Report] | None] = queue.Queue(
+            SESSION_QUEUE_SIZE)
+        self.dropped = 0  #: sessions not exported: the queue was full (the collector lags)
+        self._builder = threading.Thread(target=self._build_loop, name="otlp-sessions",
+                                         daemon=True)
+        self._builder.start()
 
         self._metric_exporter: _MetricExporter | None = None
         self._meter_provider: MeterProvider | None = None
@@ -343,14 +354,29 @@ class OtlpExporter:
             return tracer
 
     def export_session(self, summary: SessionSummary, report: Report) -> None:
-        """Queue one finished session as a trace; returns without network I/O."""
+        """Queue one finished session as a trace; returns at once (called on the drain
+        thread with the hub's lock held): the spans are built on a worker thread."""
         if self._closed:
             return
         try:
-            self._export_session(summary, report)
-        except Exception:
-            # The drain thread must survive whatever a malformed report does here.
-            _log.exception("OTLP export of session %s failed", summary.id)
+            self._sessions.put_nowait((summary, report))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 100 == 1:
+                _log.warning("OTLP: %d finished sessions not exported (queue full)",
+                             self.dropped)
+
+    def _build_loop(self) -> None:
+        while True:
+            item = self._sessions.get()
+            try:
+                if item is None:
+                    return
+                self._export_session(*item)
+            except Exception:  # a malformed report must not stop the exports after it
+                _log.exception("OTLP export of session %s failed", item[0].id if item else "")
+            finally:
+                self._sessions.task_done()
 
     def _export_session(self, summary: SessionSummary, report: Report) -> None:
         if summary.start_unix_ns:
@@ -518,7 +544,9 @@ class OtlpExporter:
         if self._closed:
             return False
         deadline = time.monotonic() + timeout_s
-        ok = _run_bounded(self._processor.force_flush, timeout_s)
+        ok = _run_bounded(self._built, timeout_s)
+        ok = _run_bounded(self._processor.force_flush, max(0.0, deadline - time.monotonic())
+                          ) and ok
         mp = self._meter_provider
         if mp is not None:
             left = deadline - time.monotonic()
@@ -528,6 +556,11 @@ class OtlpExporter:
         self._failures_seen = failures
         return ok
 
+    def _built(self) -> bool:
+        """Wait until every queued session has been turned into spans."""
+        self._sessions.join()
+        return True
+
     def close(self) -> None:
         """Send what is queued and stop, within about cfg.timeout_s even if the receiver
         is unreachable. Idempotent."""
@@ -536,7 +569,13 @@ class OtlpExporter:
                 return
             self._closed = True
         deadline = time.monotonic() + self.cfg.timeout_s
-        _run_bounded(self._processor.force_flush, self.cfg.timeout_s)
+        _run_bounded(self._built, self.cfg.timeout_s)
+        try:  # the queue was just emptied, unless the builder is stuck: then give up
+            self._sessions.put(None, timeout=max(0.05, deadline - time.monotonic()))
+        except queue.Full:
+            _log.warning("OTLP: closing with sessions still queued")
+        self._builder.join(timeout=max(0.05, deadline - time.monotonic()))
+        _run_bounded(self._processor.force_flush, max(0.05, deadline - time.monotonic()))
         # The exporter first: that aborts its retry back-off and cancels a call in flight,
         # so the processor's worker (which it joins) ends at once.
         self._span_exporter.shutdown()

@@ -319,7 +319,8 @@ def ensure_tracefs() -> None:
 
     if mounted():
         return
-    with contextlib.suppress(OSError):  # no shell: the command is fixed, its output dropped
+    # No shell: the command is fixed, its output dropped.
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(["mount", "-t", "tracefs", "nodev", str(_TRACEFS[0])], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
     if not mounted():

@@ -119,12 +119,15 @@ def vm_hwm_bytes(pid: int) -> int | None:
 
 def exec_path(pid: int, filename: str) -> str | None:
     """The absolute path of an exec'd ``filename`` (as given to execve): a relative one
-    is taken from the process's working directory; None when that cannot be read any
-    more (the process has exited)."""
+    is taken from the process's working directory. None when the process has exited
+    (its directory is gone with it); "" when it may not be read (another user's process
+    and no CAP_SYS_PTRACE): unknown, which matches no path."""
     if filename.startswith("/"):
         return os.path.normpath(filename)
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
+    except OSError:
+        return ""
     return os.path.normpath(os.path.join(cwd, filename))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,6 +51,9 @@ from .v1 import tracerd_pb2_grpc as pb_grpc
 log = logging.getLogger("tracerd")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tracer"].full_name
+
+#: Most sessions one ListSessions answers (ListSessionsRequest.limit is clamped to it).
+MAX_LIST = 10_000
 
 _STATUS = {
     ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
@@ -196,8 +199,9 @@ class Servicer(pb_grpc.TracerServicer):
                      context: grpc.ServicerContext) -> pb.ListSessionsResponse:
         def list_(caller: Caller) -> pb.ListSessionsResponse:
             state = _convert.state_from_pb(request.state)
-            since, rule = request.since_unix_ns, request.rule
-            limit = request.limit or 1000
+            # Bounded: sqlite's integers are signed 64-bit, and one answer stays small.
+            since, rule = min(request.since_unix_ns, (1 << 63) - 1), request.rule
+            limit = min(request.limit or 1000, MAX_LIST)
             found = [_convert.summary_to_pb(s) for s in self.hub.list_sessions(caller, state)
                      if (not since or not s.end_unix_ns or s.end_unix_ns >= since)
                      and (not rule or s.rule == rule)]
@@ -209,10 +213,10 @@ class Servicer(pb_grpc.TracerServicer):
                 self.history.flush(1.0)
                 for e in self.history.list(since_unix_ns=since or None, rule=rule or None,
                                            owner=None if caller.admin else caller.name,
-                                           limit=limit):
-                    m = pb.SessionInfo.FromString(e.summary)
-                    if e.session_id not in ids and (not request.state
-                                                    or m.state == request.state):
+                                           state=state.name.lower() if state else None,
+                                           limit=limit, reports=False):
+                    if e.session_id not in ids:
+                        m = pb.SessionInfo.FromString(e.summary)
                         m.from_history = True
                         found.append(m)
             found.sort(key=lambda m: (m.start_unix_ns, m.session_id))
@@ -489,12 +493,19 @@ def _open_history(config: DaemonConfig) -> History[Finished] | None:
                    max_count=config.history_max_sessions).open()
 
 
-def _metrics_source(hub: Hub, probe: Any,
-                    history: History[Finished] | None) -> Callable[[], Snapshot]:
+class _ProgStats(Protocol):
+    def prog_stats(self) -> dict[str, tuple[int, int]] | None: ...
+
+
+def _metrics_source(hub: Hub, probe: _ProgStats, history: History[Finished] | None,
+                    otlp: Callable[[], OtlpExporter | None]) -> Callable[[], Snapshot]:
     def snapshot() -> Snapshot:
         snap = hub.metrics()
         if history is not None:
             snap.drops["history_dropped"] = history.dropped
+        exporter = otlp()
+        if exporter is not None:
+            snap.drops["otlp_dropped"] = exporter.dropped
         progs = probe.prog_stats()
         if progs is not None:
             snap.bpf_run_seconds = {name: ns / 1e9 for name, (ns, _) in progs.items()}
@@ -564,8 +575,11 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
                 otlp.export_session(summary, report)
 
         hub = Hub(probe, limits, exit_source=ExitListener, on_finish=on_finish)
-        hub.set_watch_rules(config.rules)
-        source = _metrics_source(hub, probe, history)
+        try:
+            hub.set_watch_rules(config.rules)
+        except RequestError as e:  # e.g. more cgroup keys than the kernel's rule maps hold
+            raise BadInput(str(e)) from None
+        source = _metrics_source(hub, probe, history, lambda: otlp)
         if config.otlp is not None:
             o = config.otlp
             otlp = OtlpExporter(OtlpConfig(
@@ -596,7 +610,8 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
         while not stop.wait(0.2):
             if hup.is_set():
                 hup.clear()
-                _sd_notify("RELOADING=1")
+                # systemd >= 253 wants the reload's start time along with it.
+                _sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 if reload is None:
                     log.warning("SIGHUP ignored: the daemon was started without a config file")
                 else:

@@ -209,7 +209,8 @@ class WatchRule:
             # The kernel compares the path as given to execve, so `./x.sh` would not
             # match /dir/x.sh: its comm (the file's name) is watched too, and the path
             # is then checked here, resolved against the process's working directory.
-            return [("path", self.path), ("comm", os.path.basename(self.path)[:15])]
+            name = os.path.basename(self.path).encode()[:15].decode(errors="ignore")
+            return [("path", self.path), ("comm", name)]
         if self.comm:
             return [("comm", self.comm)]
         return [("cgroup", i) for i in sorted(self.cgroup_ids)]
@@ -219,7 +220,8 @@ class WatchRule:
         when a relative one could not be resolved because the process has exited by
         the time the daemon reads its exec: then the file's name decides (known race:
         a same-named file elsewhere is taken for it; the process is gone, so this can
-        only add a report, never act on a wrong process)."""
+        only add a report, never act on a wrong process). A process whose directory may
+        not be read gives "": no match."""
         if path is None:
             path = self.path if os.path.basename(ev.filename) == os.path.basename(
                 self.path) else ""
@@ -614,15 +616,17 @@ class Hub:
         """The daemon's metrics now (tracerd._metrics): finished sessions' totals plus
         running sessions' counts at the last drain, by rule and syscall."""
         with self.lock:
-            acc: dict[tuple[str, int], SyscallTotals] = {}
+            # Summed as integers and divided once: float sums in another order could
+            # make a counter go down by an ulp when a session moves to the totals.
+            acc: dict[tuple[str, int], SyscallStats] = {}
 
             def add(rule: str, nr: int, st: SyscallStats) -> None:
                 t = acc.get((rule, nr))
                 if t is None:
-                    t = acc[(rule, nr)] = SyscallTotals()
+                    t = acc[(rule, nr)] = SyscallStats(hist=[])
                 t.calls += st.calls
                 t.errors += st.errors
-                t.seconds += st.total_ns / 1e9
+                t.total_ns += st.total_ns
 
             for (rule, nr), st in self._finished_totals.items():
                 add(rule, nr, st)
@@ -634,7 +638,9 @@ class Hub:
                         add(sess.rule, nr, st)
             d = self.probe.drops()
             return Snapshot(
-                syscalls={(rule, self.syscall_name(nr)): t for (rule, nr), t in acc.items()},
+                syscalls={(rule, self.syscall_name(nr)): SyscallTotals(
+                    calls=t.calls, errors=t.errors, seconds=t.total_ns / 1e9)
+                    for (rule, nr), t in acc.items()},
                 sessions=states, sessions_started=dict(self.sessions_started),
                 violations=dict(self.violations),
                 drops={"stats_full": d.stats_full, "events_lost": d.events_lost,
@@ -907,7 +913,9 @@ class Hub:
             v = Violation(ts_ns=now, result=r)
             for w in sess.watchers:
                 w.offer_event(v)
-            key = (sess.rule, r.name)
+            # Assertion names label the metric for watch rules (the config's); a client's
+            # budget could name them anything, so client sessions count under "".
+            key = (sess.rule, r.name if sess.rule else "")
             self.violations[key] = self.violations.get(key, 0) + 1
             if sess.alert:
                 self.on_violation(sess, v)
@@ -1174,6 +1182,11 @@ class Hub:
             names = [r.name for r in rules]
             if len(set(names)) != len(names):
                 raise RequestError(ErrorKind.INVALID, "watch rules: names must be unique")
+            for r in rules:
+                try:
+                    self._check_options(r.options)
+                except RequestError as e:
+                    raise RequestError(e.kind, f"watch rule {r.name!r}: {e}") from None
             added: list[tuple[str, str | int]] = []
             try:
                 for r in rules:
@@ -1210,6 +1223,9 @@ class Hub:
                                            for s in self._running()):
                 continue
             try:
+                if ev.pid not in self.procs and len(self.procs) >= self.limits.max_tracked_pids:
+                    raise RequestError(ErrorKind.EXHAUSTED, f"{len(self.procs)} processes "
+                                       "tracked: the daemon's max_tracked_pids")
                 sess = self._new_session(Caller(name=f"rule:{rule.name}"),
                                          PidTarget(ev.pid, children=True), rule.options,
                                          ev.ts_ns, rule=rule.name)
@@ -1218,7 +1234,11 @@ class Hub:
                 self._arm(sess)
             except RequestError as e:
                 self.watch_sessions_refused += 1
-                _log.warning("watch rule %s: pid %d not traced: %s", rule.name, ev.pid, e)
+                # A hot rule at the limit would log every exec: the first of each
+                # hundred is enough (the metric counts them all).
+                if self.watch_sessions_refused % 100 == 1:
+                    _log.warning("watch rule %s: pid %d not traced: %s (%d refused so far)",
+                                 rule.name, ev.pid, e, self.watch_sessions_refused)
                 continue
             self._add_session(sess)
             out.append(sess)
@@ -1312,7 +1332,7 @@ class Hub:
         sess.final = final
         sess.state, sess.end_ns, sess.end_reason = state, now, reason
         for nr, st in final.totals().items():
-            acc = self._finished_totals.setdefault((sess.rule, nr), SyscallStats())
+            acc = self._finished_totals.setdefault((sess.rule, nr), SyscallStats(hist=[]))
             acc.calls, acc.errors = acc.calls + st.calls, acc.errors + st.errors
             acc.total_ns += st.total_ns
         if sess.events is not None and sess.slot is not None:
@@ -1358,7 +1378,8 @@ class Hub:
         # Their counters are deleted by the next drain's sweep (see _sweep).
 
     def _forget_old(self) -> None:
-        done = [s for s in self.sessions.values() if s.state != State.RUNNING]
+        done = sorted((s for s in self.sessions.values() if s.state != State.RUNNING),
+                      key=lambda s: s.end_ns)  # the longest finished go first
         for s in done[: max(0, len(done) - self.limits.max_finished_sessions)]:
             del self.sessions[s.id]
 
@@ -1553,10 +1574,8 @@ class Hub:
                 self.probe.untrack(pid)
                 self._limbo.pop(pid, None)
                 self.pids_over_limit += 1
-                for s in takers:
+                for s in takers:  # exec-rule sessions (watch rules checked this first)
                     s.forks_untracked += 1
-                    if s.rule and not s.members:  # started for this exec: nothing to trace
-                        self._finish(s, State.INTERRUPTED, "tracked-process limit reached")
                 return
             self._limbo.pop(pid, None)
             if not self.probe.is_tracked(pid):

@@ -397,15 +397,15 @@ def build_frame(prev: Poll | None, cur: Poll, width: int | None, rows: int | Non
 def select(summaries: Iterable[SessionSummary], now_ns: int,
            recent_ns: int = RECENT_NS) -> list[SessionSummary]:
     """The sessions the overview shows: running ones, and those that ended recently (all
-    ended ones when the daemon's time is unknown)."""
+    ended ones when the daemon's time is unknown). A session read from the daemon's
+    history may come from an earlier boot: its Unix end time decides."""
+    now_unix = time.time_ns()
     return [s for s in summaries if s.state == State.RUNNING or not now_ns
-            or now_ns - s.end_ns <= recent_ns]
+            or (now_unix - s.end_unix_ns if s.from_history else now_ns - s.end_ns)
+            <= recent_ns]
 
 
 # ---------------------------------------------------------------------- live
-
-
-
 
 
 _EPILOG = """\
@@ -476,7 +476,8 @@ class _Poller:
         if self.session_id is not None:
             ids = [self.session_id]
         else:
-            summaries = self.client.list()
+            # Recent ones only: the history can hold a hundred thousand.
+            summaries = self.client.list(since_unix_ns=time.time_ns() - RECENT_NS)
             listed = {s.id for s in summaries}
             ids = [s.id for s in select(summaries, now_ns)]
         for sid in ids:

@@ -27,14 +27,13 @@ import resource
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Daemon, free_port
+from conftest import ROOT, Daemon, free_port, scrape
 
 from tracerd import syscalls
 from tracerd._sessions import SessionOptions, State
@@ -134,18 +133,6 @@ def cpu_s(pid: int) -> float:
 def rusage_s(who: int) -> float:
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
-
-
-def scrape(address: str) -> dict[str, float]:
-    """The daemon's Prometheus /metrics, as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def by_nr(report: Report) -> dict[int, tuple[int, int]]:

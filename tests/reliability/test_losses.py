@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
-from conftest import Daemon, free_port
+from conftest import Daemon, free_port, scrape, wait_for
 
 from tracerd._sessions import SessionOptions, State
 from tracerd.client import Client, Final, Update
@@ -18,19 +16,15 @@ from tracerd.model import Drops, Report
 
 
 def drop_metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        lines = r.read().decode().splitlines()
-    out = {}
-    for line in lines:
-        if line.startswith("tracerd_drops_total{"):
-            key, _, value = line.rpartition(" ")
-            out[key.split('"')[1]] = float(value)
-    return out
+    """tracerd_drops_total by kind."""
+    return {k.split('"')[1]: v for k, v in scrape(f"127.0.0.1:{port}").items()
+            if k.startswith("tracerd_drops_total{")}
 
 
 def held_shell(script: str) -> subprocess.Popen[str]:
     """``sh`` that waits for a line on stdin, then runs ``script``: a session can start
-    on it before it does anything."""
+    on it before it does anything. Scripts end with a pause, so the watcher's next
+    update comes while the session still runs."""
     return subprocess.Popen(["sh", "-c", f"read go; {script}"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
 
@@ -50,7 +44,7 @@ def trace(c: Client, proc: subprocess.Popen[str]) -> tuple[Report, list[Drops]]:
 
     t = threading.Thread(target=watch)
     t.start()
-    time.sleep(0.2)  # subscribed
+    wait_for(lambda: seen, why="the watch is subscribed")
     assert proc.stdin is not None
     proc.stdin.write("go\n")
     proc.stdin.close()
@@ -68,7 +62,7 @@ def test_a_full_counter_map_is_counted_everywhere(tmp_path: Path, fixture_bin: P
     d = Daemon(tmp_path, "--max-stats", "8", "--metrics", f"127.0.0.1:{port}").wait_ready()
     try:
         with d.client() as c:
-            report, updates = trace(c, held_shell(f"exec {fixture_bin} exact 20 0"))
+            report, updates = trace(c, held_shell(f"{fixture_bin} exact 20 0; sleep 0.5"))
             info = c.info()
             sid = c.list()[-1].id
         lost = report.drops.stats_full
@@ -88,7 +82,7 @@ def test_an_overflowing_event_ring_is_counted_and_repaired(tmp_path: Path) -> No
     # One 4 KiB page holds about a dozen fork/exec/exit records: a burst of short
     # children overflows it before the drain can read it.
     d = Daemon(tmp_path, "--ringbuf-pages", "1", "--metrics", f"127.0.0.1:{port}").wait_ready()
-    burst = "i=0; while [ $i -lt 300 ]; do /bin/true & i=$((i+1)); done; wait"
+    burst = "i=0; while [ $i -lt 300 ]; do /bin/true & i=$((i+1)); done; wait; sleep 1.5"
     try:
         with d.client() as c:
             for _ in range(3):

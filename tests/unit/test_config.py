@@ -288,6 +288,8 @@ OK = f'sha256 = "{SECRET_SHA}"'
     (f'[[token]]\nname = ""\n{OK}\n', "token[0].name: '' is empty, reserved or repeated"),
     (f'[[token]]\nname = "local"\n{OK}\n',
      "token[0].name: 'local' is empty, reserved or repeated"),
+    (f'[[token]]\nname = "rule:deploy"\n{OK}\n',  # would own that rule's sessions
+     "token[0].name: 'rule:deploy' is empty, reserved or repeated"),
     (token(OK) + token('secret = "x"'), "token[1].name: 'ci' is empty, reserved or repeated"),
     (token(""), "token[0]"),  # neither sha256 nor secret
     (token(OK + '\nsecret = "x"'), "token[0]"),  # both
@@ -431,6 +433,11 @@ actions = ["enforce"]
     ('metrics = "9464"\n', "metrics 9464: expected HOST:PORT"),
     ('[history]\nmax_age_days = 0\n', "history.max_age_days: must be > 0"),
     ('[history]\nkeep = 1\n', "unknown key 'history.keep'"),
+    ('[history]\nmax_age_days = inf\n', "history.max_age_days: expected a number in 0..36500"),
+    ('[otlp]\nendpoint = "c:4317"\nmetrics_interval_s = nan\n', "metrics_interval_s: expected"),
+    ('[otlp]\nendpoint = "c:4317"\nca_file = "nope.pem"\n', "otlp.ca_file:"),
+    ('metrics = ":9464"\n', "give the address to listen on"),
+    ('[limits]\nringbuf_pages = 3\n', "limits.ringbuf_pages: a power of 2"),
 ])
 def test_bad_monitoring_config_is_refused_naming_the_key(tmp_path: Path, text: str,
                                                          message: str) -> None:

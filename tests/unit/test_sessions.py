@@ -383,7 +383,9 @@ class FakeProcfs:
         p = self.k.proc.get(pid)
         if filename.startswith("/"):
             return filename
-        return None if p is None else os.path.normpath(os.path.join(p.cwd, filename))
+        if p is None or not p.cwd:  # exited; or "" (its directory may not be read)
+            return None if p is None else ""
+        return os.path.normpath(os.path.join(p.cwd, filename))
 
 
 @pytest.fixture
@@ -1964,6 +1966,14 @@ def test_a_watch_rule_starts_one_session_per_matching_exec_from_the_exec_on(
     hub.step(0)
     (sd,) = [s for s in rule_sessions(hub, "deploy") if s.root_pid == d]
     assert sd.state == State.FINISHED and calls(report(hub, sd.id)) == {READ: 4}
+    # Alive but its directory may not be read (another user's, no CAP_SYS_PTRACE): the
+    # name alone must not decide, or any ./deploy.sh anywhere would be taken for it.
+    e = k.spawn(305, uid=1000)
+    k.proc[e].cwd = ""
+    assert k.exec(e, "deploy.sh", "./deploy.sh")
+    hub.step(0)
+    assert not [s for s in rule_sessions(hub, "deploy") if s.root_pid == e]
+    assert not k.is_tracked(e)
 
 
 def test_every_criterion_of_a_watch_rule_must_match(k: FakeProbe) -> None:
@@ -2018,7 +2028,9 @@ def test_metrics_count_by_rule_and_syscall_across_finished_sessions(k: FakeProbe
     budget = _budgets.loads('[[assertion]]\nname = "few"\ntype = "syscall_calls"\n'
                             'syscall_name_pattern = "read"\nmax_calls = 1\n')
     hub.set_watch_rules([rule("r", comm="job", options=SessionOptions(budget=tuple(budget)))])
-    client = start(hub, PidTarget(k.spawn(400)))
+    client = start(hub, PidTarget(k.spawn(400)), budget=tuple(_budgets.loads(
+        '[[assertion]]\nname = "any text a client likes"\ntype = "syscall_calls"\n'
+        'syscall_name_pattern = "write"\nmax_calls = 1\n')))
     k.call(400, WRITE, 2, errors=1, ns=500_000_000)
     for pid in (300, 301):
         k.spawn(pid)
@@ -2031,12 +2043,19 @@ def test_metrics_count_by_rule_and_syscall_across_finished_sessions(k: FakeProbe
     assert m.syscalls[("", "write")] == SyscallTotals(calls=2, errors=1, seconds=1.0)
     assert m.sessions == {"running": 3, "finished": 0, "interrupted": 0}
     assert m.sessions_started == {"": 1, "r": 2}
-    assert m.violations == {("r", "few"): 2}
+    # Rules' assertion names label the metric; a client's budget cannot add labels.
+    assert m.violations == {("r", "few"): 2, ("", ""): 1}
+    for pid, ns in ((300, 333_333), (301, 1_000_001)):  # odd times: float sums drift
+        k.call(pid, READ, 7, ns=ns)
+    hub.step(0)
+    live = hub.metrics()
     k.exit(300)
     hub.step(0)
     hub.stop(ADMIN, client)
     after = hub.metrics()
-    assert after.syscalls[("r", "read")].calls == 6  # finished: kept in the totals
+    for key, t in live.syscalls.items():  # counters never go down as sessions finish
+        assert after.syscalls[key].calls >= t.calls and after.syscalls[key].seconds >= t.seconds
+    assert after.syscalls[("r", "read")].calls == 20  # finished: kept in the totals
     assert after.syscalls[("", "write")].calls == 2
     assert after.sessions == {"running": 1, "finished": 2, "interrupted": 0}
-    assert after.drains == 4 and after.drain_seconds > 0
+    assert after.drains == 5 and after.drain_seconds > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import grpc
@@ -18,6 +19,7 @@ from tracerd._sessions import (
     Target,
 )
 from tracerd._top import (
+    RECENT_NS,
     Poll,
     Sample,
     _Poller,
@@ -342,11 +344,13 @@ class _StubClient:
     def __init__(self) -> None:
         self.sessions: dict[str, Sample] = {}
         self.reports = 0
+        self.since: list[int | None] = []  #: ListSessions' since_unix_ns, per call
 
     def info(self) -> _Info:
         return _Info()
 
-    def list(self) -> list[SessionSummary]:
+    def list(self, *, since_unix_ns: int | None = None) -> list[SessionSummary]:
+        self.since.append(since_unix_ns)
         return [s.summary for s in self.sessions.values()]
 
     def report(self, sid: str) -> tuple[SessionSummary, Report]:
@@ -366,6 +370,9 @@ def test_poller_marks_vanished_sessions_and_reads_ended_ones_once() -> None:
     first = p.poll()
     assert set(first.samples) == {"live", "over"}
     assert stub.reports == 2
+    # Only the last minute is listed: the history behind ListSessions may be huge.
+    since = stub.since[-1]
+    assert since is not None and 0 < time.time_ns() - since <= RECENT_NS + 10**9
     second = p.poll()
     assert stub.reports == 3  # the ended one is not read again
     assert second.samples["over"] == first.samples["over"]
