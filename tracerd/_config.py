@@ -142,6 +142,9 @@ def _check(path: str, where: str, key: str, value: Any, want: type | tuple[type,
     if not isinstance(value, want):
         names = want.__name__ if isinstance(want, type) else " or ".join(w.__name__ for w in want)
         raise BadInput(f"{path}: {where}{key}: expected {names}, got {_type_name(value)}")
+    if isinstance(value, str) and "\0" in value:
+        # Paths and names go to the OS, which takes no NUL (Python raises ValueError).
+        raise BadInput(f"{path}: {where}{key}: contains a NUL character")
     return value
 
 
@@ -206,6 +209,9 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
         if v <= 0:
             raise BadInput(f"{path}: limits.{key}: must be > 0, got {v}")
         if key == "max_message_bytes":
+            if v > 2**31 - 1:  # a C int in grpc's channel arguments
+                raise BadInput(f"{path}: limits.max_message_bytes: at most {2**31 - 1}, "
+                               f"got {v}")
             max_msg = v
         elif key in KERNEL_LIMITS:
             kernel[key] = v
@@ -214,7 +220,11 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
             changes[key] = v
         else:
             raise BadInput(f"{path}: unknown key 'limits.{key}'")
-    return replace(base, **changes), max_msg
+    limits = replace(base, **changes)
+    if limits.min_interval_ms > limits.max_interval_ms:
+        raise BadInput(f"{path}: limits.min_interval_ms ({limits.min_interval_ms}) is above "
+                       f"limits.max_interval_ms ({limits.max_interval_ms})")
+    return limits, max_msg
 
 
 def check_kernel_limits(kernel: dict[str, int], where: str) -> None:

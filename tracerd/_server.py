@@ -113,6 +113,15 @@ class Auth:
                "authorization: this listener needs a bearer token")
 
 
+def _bounded(message: str, most: int = 512) -> str:
+    """An error message quoting client text, cut to fit a status trailer: clients refuse
+    trailers over 16 KiB, and non-ASCII text is sent percent-encoded (up to 12 bytes a
+    character)."""
+    if len(message) <= most:
+        return message
+    return f"{message[:most]}... ({len(message)} characters)"
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
@@ -135,9 +144,9 @@ class Servicer(pb_grpc.TracerServicer):
         try:
             return fn(caller)
         except RequestError as e:
-            _abort(context, _STATUS[e.kind], str(e))
+            _abort(context, _STATUS[e.kind], _bounded(str(e)))
         except TracerdError as e:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, _bounded(str(e)))
 
     def GetInfo(self, request: pb.GetInfoRequest,
                 context: grpc.ServicerContext) -> pb.GetInfoResponse:
@@ -352,6 +361,50 @@ def _read(path: str | None, what: str) -> bytes | None:
         raise BadInput(f"{what} {path}: {e.strerror}") from None
 
 
+class _TracerSlots(grpc.ServerInterceptor):
+    """At most ``n`` Tracer calls at once, the others refused with RESOURCE_EXHAUSTED at
+    once. Health checks and reflection are never refused: the thread pool keeps two
+    workers for them, so a probe answers during a flood of Tracer calls."""
+
+    def __init__(self, n: int) -> None:
+        self._slots = threading.BoundedSemaphore(n)
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        slots = self._slots
+
+        def enter(context: grpc.ServicerContext) -> None:
+            if not slots.acquire(blocking=False):
+                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "too many calls at once: try again shortly")
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            def limited_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                enter(context)
+                try:
+                    return unary(request, context)
+                finally:
+                    slots.release()
+            return grpc.unary_unary_rpc_method_handler(
+                limited_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        stream = handler.unary_stream
+
+        def limited_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            enter(context)
+            try:
+                yield from stream(request, context)
+            finally:
+                slots.release()
+        return grpc.unary_stream_rpc_method_handler(
+            limited_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 def build_server(hub: Hub, config: DaemonConfig, features: list[str],
                  history: History[Finished] | None = None) -> tuple[grpc.Server, Servicer]:
     check_transport(config)
@@ -362,9 +415,10 @@ def build_server(hub: Hub, config: DaemonConfig, features: list[str],
             ("grpc.so_reuseport", 0)]
     # Every Watch holds a worker for its lifetime; unary calls need the rest.
     workers = lim.max_watchers + 16
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+    # Two more workers than Tracer calls may use: health checks always find one.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + 2,
                                                     thread_name_prefix="grpc"),
-                         options=opts, maximum_concurrent_rpcs=workers)
+                         options=opts, interceptors=[_TracerSlots(workers)])
     servicer = Servicer(hub, Auth(tokens), config, features, history)
     pb_grpc.add_TracerServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -530,6 +584,36 @@ def _start_metrics(addr: str, source: Callable[[], Snapshot]) -> Any:
     return httpd
 
 
+class _Stall:
+    """Health follows the drain: NOT_SERVING while no drain pass has completed for
+    STALL_S (the hub is wedged: every answer would be late or wrong), SERVING again
+    when one does. A process supervisor or a load balancer can act on it."""
+
+    STALL_S = 10.0
+
+    def __init__(self, hub: Hub, health: health.HealthServicer) -> None:
+        self.hub, self.health = hub, health
+        self.drains, self.since = hub.drains, time.monotonic()
+        self.serving = True
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.hub.drains != self.drains:
+            self.drains, self.since = self.hub.drains, now
+        serving = now - self.since < self.STALL_S
+        if serving != self.serving:
+            self.serving = serving
+            status = (health_pb2.HealthCheckResponse.SERVING if serving
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, status)
+            if serving:
+                log.info("drain running again: serving")
+            else:
+                log.error("drain stalled: health NOT_SERVING",
+                          extra={"kv": {"seconds": round(now - self.since, 1)}})
+
+
 def _reload(hub: Hub, servicer: Servicer, load: Callable[[], DaemonConfig]) -> None:
     """SIGHUP: the watch rules and the tokens file again. Refused whole when anything
     is wrong: the old rules and tokens stay in force, running sessions are untouched."""
@@ -607,7 +691,9 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
             "rules": len(config.rules), "history": history.path if history else "-",
             "pid": os.getpid()}})
         _sd_notify("READY=1")
+        stalled = _Stall(hub, server.health)  # type: ignore[attr-defined]
         while not stop.wait(0.2):
+            stalled.check()
             if hup.is_set():
                 hup.clear()
                 # systemd >= 253 wants the reload's start time along with it.

@@ -1097,21 +1097,23 @@ class Hub:
             _procfs.cmdline(pid) or [])
         pids = [pid]
         if isinstance(target, PidTarget) and target.children:
-            # Track the root first: from then on the kernel catches its forks, so a
-            # walk after it cannot miss a child of the root. A grandchild forked by a
-            # not-yet-tracked descendant during the walk is caught by walking again
-            # until nothing new appears.
+            # Track the root first: from then on the kernel catches its forks. Each
+            # process's children are then listed once, after it is tracked: what it
+            # forked before is in that list, what it forks after, the kernel catches.
+            # (Listing everyone's children again until nothing new appears never ends
+            # on a process that forks all the time, and holds the hub lock meanwhile.)
             self._join(sess, [pid], argv_hint=None)
             seen = {pid}
-            while True:
-                new = [c for p in list(seen) for c in _procfs.children(p) if c not in seen]
+            frontier = [pid]
+            while frontier:
+                new = [c for p in frontier for c in _procfs.children(p) if c not in seen]
                 # Descendants of another user stay out for a token limited to some uids.
                 new = [c for c in new if caller.may_trace_uid(_procfs.uid(c))]
-                if not new:
-                    break
-                self._room_for(len(new))
-                self._join(sess, new, argv_hint=None)
+                if new:
+                    self._room_for(len(new))
+                    self._join(sess, new, argv_hint=None)
                 seen.update(new)
+                frontier = new
             if pid not in sess.members:
                 raise RequestError(ErrorKind.NOT_FOUND, f"{field_}: process {pid} exited")
             self._check_events_slot(sess, pid, field_)
@@ -1280,7 +1282,8 @@ class Hub:
 
     def _join(self, sess: Session, pids: list[int], argv_hint: list[str] | None) -> None:
         """Make live processes members of ``sess``, counting from now on."""
-        new = [p for p in pids if p not in self.procs]
+        # Never the daemon itself: a children walk from one of its ancestors reaches it.
+        new = [p for p in pids if p not in self.procs and p != os.getpid()]
         self._room_for(len(new))
         #: Tracked by the kernel but unknown here and not in limbo: forked by a process
         #: this session tracked a moment ago (the children walk), so counted since its
@@ -1484,8 +1487,12 @@ class Hub:
         self._publish(now)
 
     def _on_events(self, events: Sequence[LifecycleEvent]) -> None:
-        exits = [ev.pid for ev in events
-                 if ev.type == EV_EXIT and (ev.pid in self.procs or ev.pid in self._limbo)]
+        # A process forked within this batch is unknown when it starts; if it exits
+        # within it too (a shell loop's children), its exit must be in the one pass over
+        # the map, or each costs a pass of its own under the hub lock.
+        forked = {ev.pid for ev in events if ev.type == EV_FORK}
+        exits = [ev.pid for ev in events if ev.type == EV_EXIT and (
+            ev.pid in self.procs or ev.pid in self._limbo or ev.pid in forked)]
         self._collect_exit_peaks(exits)
         if exits:  # one pass over the map for every exit of the batch
             self._exit_stash = _by_pid(self.probe.delete_stats_by_gen(exits))
