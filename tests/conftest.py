@@ -206,3 +206,37 @@ def wait_for(what: Any, timeout: float = 30, why: str = "") -> Any:
             return got
         assert time.monotonic() < deadline, why or "timed out"
         time.sleep(0.1)
+
+
+@pytest.fixture
+def cgroup_dir() -> Any:
+    """A fresh cgroup v2 directory; afterwards its processes (and those of any cgroup a
+    test made below it) are killed and the directories removed, deepest first."""
+    import contextlib  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from tracerd import _procfs  # noqa: PLC0415
+
+    root = _procfs.cgroup2_root()
+    assert root is not None, "no cgroup v2 hierarchy mounted"
+    d = root / f"tracerd-test-{os.getpid()}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        for sub in sorted((p for p in [d, *d.rglob("*")] if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                for pid in (sub / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while True:  # emptied once the killed processes are reaped
+                try:
+                    sub.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"{sub} stays busy"
+                    time.sleep(0.05)

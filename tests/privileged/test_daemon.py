@@ -3,7 +3,6 @@ counts checked exactly as in the foundation tests."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -286,27 +285,6 @@ def test_exec_rule_is_exact_for_processes_already_tracked(
     # The execve itself was in flight while tracked: it belongs to the new generation,
     # as it does to `tracerd run`.
     assert _sum_calls(report) == _sum_calls(local)
-
-
-@pytest.fixture
-def cgroup_dir() -> Iterator[Path]:
-    """A fresh cgroup v2 directory (emptied and removed afterwards)."""
-    from tracerd import _procfs  # noqa: PLC0415
-
-    root = _procfs.cgroup2_root()
-    assert root is not None, "no cgroup v2 hierarchy mounted"
-    d = root / f"tracerd-test-{os.getpid()}"
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        for pid in (d / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while (d / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        d.rmdir()
 
 
 def test_cgroup_target_members_and_later_execs(client: Client, fixture_bin: Path,

@@ -18,7 +18,6 @@ times as many examples for a deeper local search.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -1235,31 +1234,6 @@ def test_same_client_works_after_the_daemon_restarts(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- cgroup removed
-
-
-@pytest.fixture
-def cgroup_dir() -> Iterator[Path]:
-    root = _procfs.cgroup2_root()
-    assert root is not None, "no cgroup v2 hierarchy mounted"
-    d = root / f"tracerd-hostile-{os.getpid()}"
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        for sub in sorted((p for p in [d, *d.rglob("*")] if p.is_dir()), reverse=True):
-            with contextlib.suppress(OSError):
-                for pid in (sub / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    sub.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
 
 
 def _run_in(cgroup: Path, fixture_bin: Path, n: int) -> None:
