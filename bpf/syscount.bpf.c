@@ -482,7 +482,9 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	__u32 b = log2_u64(delta);
 	if (b >= HIST_BUCKETS)
 		b = HIST_BUCKETS - 1;
-	s->hist[b]++;
+	/* The mask is a no-op after the clamp (HIST_BUCKETS is a power of 2), but older
+	 * verifiers (6.1) lose the clamp when clang indexes through a copy of b. */
+	s->hist[b & (HIST_BUCKETS - 1)]++;
 	return 0;
 }
 
@@ -587,10 +589,33 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	return 0;
 }
 
+/* Is this the last thread of its process to exit? See EXIT_HAS_GROUP_DEAD. Two
+ * threads exiting at once may both see live == 0: both report the exit, and user
+ * space ignores the second. Without BTF the leader's exit stands in for the group's
+ * (a leader that exits before its threads then ends the process early). */
+static __always_inline int last_thread_out(__u32 tid, __u32 tgid)
+{
+	if (TASK_SIGNAL_OFF < 0 || SIGNAL_LIVE_OFF < 0)
+		return tid == tgid;
+	void *task = (void *)bpf_get_current_task();
+	void *sig = 0;
+	int live = 1;
+	bpf_probe_read_kernel(&sig, sizeof(sig), task + TASK_SIGNAL_OFF);
+	if (!sig)
+		return tid == tgid;
+	bpf_probe_read_kernel(&live, sizeof(live), sig + SIGNAL_LIVE_OFF);
+	return live == 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
+#if EXIT_HAS_GROUP_DEAD
+	int group_dead = args->group_dead;
+#else
+	int group_dead = last_thread_out(tid, tgid);
+#endif
 	struct pid_state *t = pids.lookup(&tid);
 	if (!t)
 		return 0;
@@ -604,7 +629,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 			if (t->nr & NR_EVENT_BIT)
 				event_exit(tgid, tid, t->start_ns, t->start_ns, 0, SEF_NO_RETURN);
 		}
-		if (args->group_dead) {
+		if (group_dead) {
 			__s32 code = -1;
 			if (TASK_EXIT_CODE_OFF >= 0) {
 				void *task = (void *)bpf_get_current_task();
@@ -619,7 +644,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	t->nr = 0;
 	if (tid != tgid)
 		t->tracked = 0;
-	if (args->group_dead && g) {
+	if (group_dead && g) {
 		g->tracked = 0;
 		g->gen = 0;
 		__u32 none = 0;

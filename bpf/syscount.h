@@ -83,6 +83,19 @@
 
 /* Byte offsets of task_struct.mm and mm_struct.brk (from BTF, like TASK_EXIT_CODE_OFF);
  * either negative: brk growth is not measured. */
+/* Does sched_process_exit carry group_dead (kernels from 6.16 on)? Older ones do not:
+ * the last thread out is then told by task_struct.signal->live, which do_exit() has
+ * decremented before the tracepoint (offsets from BTF; -1: unknown). */
+#ifndef EXIT_HAS_GROUP_DEAD
+#define EXIT_HAS_GROUP_DEAD 0
+#endif
+#ifndef TASK_SIGNAL_OFF
+#define TASK_SIGNAL_OFF -1
+#endif
+#ifndef SIGNAL_LIVE_OFF
+#define SIGNAL_LIVE_OFF -1
+#endif
+
 #ifndef TASK_MM_OFF
 #define TASK_MM_OFF -1
 #endif

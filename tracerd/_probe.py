@@ -354,6 +354,17 @@ def _to_stats(v: StatsVal) -> SyscallStats:
                         hist=list(v.hist), alloc_bytes=v.alloc_bytes)
 
 
+def _tracepoint_has_field(system: str, event: str, field: str) -> bool:
+    """Whether a tracepoint's format (tracefs) declares ``field``: they change across
+    kernels, and BCC fails to compile a program that reads a field that is not there."""
+    for root in _TRACEFS:
+        with contextlib.suppress(OSError):
+            text = (root / "events" / system / event / "format").read_text()
+            return any(line.split(";")[0].split()[-1:] == [field]
+                       for line in text.splitlines() if line.strip().startswith("field:"))
+    return False
+
+
 def _offset(struct: str, member: str) -> int:
     try:
         return _btf.member_offset(struct, member)
@@ -392,8 +403,12 @@ def _sum_gens(by_gen: dict[tuple[int, int, int], SyscallStats]
 class Probe:
     """The loaded and attached BPF programs; use as a context manager."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, *,
+                 exit_has_group_dead: bool | None = None) -> None:
         self.limits = limits or Limits.for_this_kernel()
+        #: sched_process_exit's group_dead field is used when the kernel has it (None:
+        #: look in tracefs at open); False forces the fallback older kernels need
+        self.exit_has_group_dead = exit_has_group_dead
         self._bpf: Any = None
         self._events: list[LifecycleEvent] = []
         self._ncpus = 0
@@ -410,6 +425,9 @@ class Probe:
         check_headers()
         ensure_tracefs()
         src = bpf_source_dir()
+        if self.exit_has_group_dead is None:
+            self.exit_has_group_dead = _tracepoint_has_field(
+                "sched", "sched_process_exit", "group_dead")
         # Unknown: descendants' exit codes are then reported as unknown.
         exit_off = self.exit_code_offset = _offset("task_struct", "exit_code")
         cflags = [
@@ -421,6 +439,9 @@ class Probe:
             f"-DMAX_LIMITS={self.limits.max_limits}",
             f"-DTASK_EXIT_CODE_OFF={exit_off}",
             f"-DTASK_MM_OFF={_offset('task_struct', 'mm')}",
+            f"-DEXIT_HAS_GROUP_DEAD={int(self.exit_has_group_dead)}",
+            f"-DTASK_SIGNAL_OFF={_offset('task_struct', 'signal')}",
+            f"-DSIGNAL_LIVE_OFF={_offset('signal_struct', 'live')}",
             f"-DMM_BRK_OFF={_offset('mm_struct', 'brk')}",
             f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
             *_special_syscalls(),

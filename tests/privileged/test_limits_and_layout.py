@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import subprocess
+import time
 from pathlib import Path
 
 from conftest import traced_json, tracerd
 
 from tracerd import _probe, _records, syscalls
 from tracerd._probe import MAP_LAYOUTS, Limits, Probe
+from tracerd.model import EV_EXIT, EV_FORK
 
 
 def test_tiny_stats_map_reports_drops(tmp_path: Path, fixture_bin: Path) -> None:
@@ -67,3 +70,44 @@ def test_reads_are_cumulative_and_never_clear() -> None:
         assert (me, getppid) not in probe.read_stats()
     assert first == 100 and second == 150
     assert removed[(me, getppid)].calls == 150
+
+
+def test_group_death_without_the_tracepoints_group_dead_field(fixture_bin: Path) -> None:
+    """Kernels before 6.16 have no sched_process_exit.group_dead: the fallback (the last
+    thread out sees signal->live == 0) must report each process's exit once, after all
+    its threads, with every call counted. Forced here on a kernel that has the field."""
+    n, threads = 20, 4
+    with Probe(Limits.for_this_kernel(), exit_has_group_dead=False) as probe:
+        g = subprocess.Popen([str(fixture_bin), "gated", str(n), str(threads)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert g.stdout is not None and g.stdin is not None
+        assert g.stdout.readline().startswith(b"ready")
+        probe.track(g.pid)
+        g.stdin.write(b"x")
+        g.stdin.close()
+        assert g.wait(60) == 0
+        # `stuck`: the leader calls exit_group while its threads block in read(2);
+        # the last thread out is not the leader.
+        s = subprocess.Popen([str(fixture_bin), "stuck", "3"])
+        probe.track(s.pid)
+        assert s.wait(60) == 0
+        pids: set[int] = {g.pid, s.pid}
+        exits: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(exits) < 4 and time.monotonic() < deadline:
+            for ev in probe.poll_events(100):
+                if ev.type == EV_FORK:
+                    pids.add(ev.pid)
+                elif ev.type == EV_EXIT:
+                    exits.append(ev.pid)
+        assert sorted(exits) == sorted(pids) and len(pids) == 4  # once each
+        counts = probe.delete_stats(sorted(pids))
+    name = syscalls.table_for().name
+
+    def total(syscall: str) -> int:
+        return sum(st.calls for (_, nr), st in counts.items() if name(nr) == syscall)
+
+    assert total("getppid") == 6 * n
+    assert total("sched_yield") == threads * n
+    assert total("exit_group") == 4
+    assert total("read") >= 3  # the stuck threads' reads, counted though they never return
