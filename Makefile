@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check budget-check packaging-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events clean
+.PHONY: help setup demo test golden-check budget-check packaging-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events test-arm64 clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ privileged: setup ## real-BPF tests only (root)
 
 reliability: setup ## faults and load on the real kernel and daemon (tests/reliability)
 	$(PY) -m pytest -q -ra tests/reliability
+
+# Not part of `make test`: an emulated machine (TCG) is slow. ARM64_SCALE=reduced for CI.
+test-arm64: setup ## build (cached) an emulated aarch64 Debian guest and run tracerd's tests in it
+	@bash tools/arm64/test.sh
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check tracerd tests tools bench

@@ -479,12 +479,12 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	s->total_ns += delta;
 	if (delta > s->max_ns)
 		s->max_ns = delta;
-	__u32 b = log2_u64(delta);
+	/* 64-bit: with a 32-bit index clang bounds-checks one register and indexes
+	 * through a zero-extended copy of it, whose bound older verifiers (6.1) lose. */
+	__u64 b = log2_u64(delta);
 	if (b >= HIST_BUCKETS)
 		b = HIST_BUCKETS - 1;
-	/* The mask is a no-op after the clamp (HIST_BUCKETS is a power of 2), but older
-	 * verifiers (6.1) lose the clamp when clang indexes through a copy of b. */
-	s->hist[b & (HIST_BUCKETS - 1)]++;
+	s->hist[b]++;
 	return 0;
 }
 
