@@ -48,8 +48,10 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-          san_ip: str | None = None) -> x509.Certificate:
+          san_ip: str | None = None, expired: bool = False) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
+    if expired:  # valid for a day, a week ago
+        now -= datetime.timedelta(days=8)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -85,6 +87,13 @@ def make_pki(d: Path) -> dict[str, str]:
         d, "server", _cert("tracerd-server", skey, ca.subject, ca_key, san_ip="127.0.0.1"), skey)
     out["client_cert"], out["client_key"] = _write_pair(
         d, "client", _cert("ci-runner", ckey, ca.subject, ca_key), ckey)
+    # Refused ones: expired (right CA), and one from a CA the daemon does not trust.
+    out["expired_cert"], out["expired_key"] = _write_pair(
+        d, "expired", _cert("ci-runner", ckey, ca.subject, ca_key, expired=True), ckey)
+    other_key = _key()
+    other = _cert("some-other-ca", other_key, None, other_key, ca=True)
+    out["foreign_cert"], out["foreign_key"] = _write_pair(
+        d, "foreign", _cert("ci-runner", ckey, other.subject, other_key), ckey)
     return out
 
 
@@ -390,6 +399,14 @@ def test_mtls_tcp_session_is_exact(daemon: Daemon, fixture_bin: Path) -> None:
                 timeout=5) as c, pytest.raises(ClientError) as e:
         c.info()
     assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    # An expired client certificate, or one from a CA the daemon does not trust: the
+    # handshake fails too, whatever token comes with it.
+    for bad in ("expired", "foreign"):
+        with Client(daemon.tcp, token=ADMIN_TOKEN, tls_ca=pki["ca"],  # type: ignore[attr-defined]
+                    tls_cert=pki[f"{bad}_cert"], tls_key=pki[f"{bad}_key"], timeout=5,
+                    retries=0) as c, pytest.raises(ClientError) as e:
+            c.info()
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE, bad
     # With a certificate but no token, a listener with tokens wants one.
     with Client(daemon.tcp, tls_ca=pki["ca"], tls_cert=pki["client_cert"],  # type: ignore[attr-defined]
                 tls_key=pki["client_key"]) as c, pytest.raises(ClientError) as e:
@@ -435,6 +452,15 @@ def test_plaintext_tcp_needs_insecure_and_loopback(tmp_path: Path) -> None:
     assert r.returncode == 65 and "TCP needs TLS" in r.stderr
     r = tracerd("serve", "--socket", "", "--insecure", "--listen", f"0.0.0.0:{port}", timeout=60)
     assert r.returncode == 65 and "loopback addresses only" in r.stderr
+
+
+def test_world_writable_socket_directory_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "open"
+    d.mkdir()
+    d.chmod(0o777)  # anyone could replace the socket with their own
+    r = tracerd("serve", "--socket", str(d / "tracerd.sock"), "--state-dir", "", timeout=60)
+    assert r.returncode == 65 and "not world-writable" in r.stderr, r.stderr
+    assert not (d / "tracerd.sock").exists()
 
 
 def test_socket_group_without_cap_chown_is_a_clear_error(tmp_path: Path) -> None:
