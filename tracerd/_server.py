@@ -9,6 +9,7 @@ import grp
 import ipaddress
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -584,6 +585,31 @@ def _start_metrics(addr: str, source: Callable[[], Snapshot]) -> Any:
     return httpd
 
 
+class _SignalPipe:
+    """Signals as bytes on a pipe, read by the main loop.
+
+    A handler must take no lock: Python runs it on the main thread between two
+    bytecodes, possibly while that thread holds the very lock (a handler calling
+    threading.Event.set() deadlocks when the signal lands inside Event.wait() at the
+    wrong moment). Writing one byte to a non-blocking pipe takes none.
+    """
+
+    def __init__(self, signums: tuple[int, ...]) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        for signum in signums:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: the loop has plenty to read
+            os.write(self._w, bytes([signum]))
+
+    def wait(self, timeout_s: float) -> set[int]:
+        """The signals received, waiting up to ``timeout_s`` for one."""
+        ready, _, _ = select.select([self._r], [], [], timeout_s)
+        return set(os.read(self._r, 256)) if ready else set()
+
+
 class _Stall:
     """Health follows the drain: NOT_SERVING while no drain pass has completed for
     STALL_S (the hub is wedged: every answer would be late or wrong), SERVING again
@@ -643,7 +669,6 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
     history = _open_history(config)
     probe = Probe(Limits.for_this_kernel(**config.kernel_limits)).open()
     stop = threading.Event()
-    hup = threading.Event()
     drain = None
     server = None
     httpd = None
@@ -681,10 +706,7 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
             name="drain", daemon=True)
         drain.start()
         server.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda s, _f: stop.set())
-        # The handler only flags it: the reload runs on this thread, outside the handler.
-        signal.signal(signal.SIGHUP, lambda s, _f: hup.set())
+        signals = _SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         log.info("serving", extra={"kv": {
             "version": __version__, "socket": config.socket or "-",
             "listen": ",".join(config.listen) or "-", "metrics": config.metrics or "-",
@@ -692,10 +714,12 @@ def serve(config: DaemonConfig, reload: Callable[[], DaemonConfig] | None = None
             "pid": os.getpid()}})
         _sd_notify("READY=1")
         stalled = _Stall(hub, server.health)  # type: ignore[attr-defined]
-        while not stop.wait(0.2):
+        while True:
+            got = signals.wait(0.2)
             stalled.check()
-            if hup.is_set():
-                hup.clear()
+            if signal.SIGTERM in got or signal.SIGINT in got:
+                break
+            if signal.SIGHUP in got:
                 # systemd >= 253 wants the reload's start time along with it.
                 _sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 if reload is None:
