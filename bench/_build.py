@@ -1,10 +1,16 @@
-"""Shared by the bench scripts: compile one of bench/*.c into bench/results/."""
+"""Shared by the bench scripts: compile one of bench/*.c into bench/results/, and
+describe the machine a run was made on."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 
@@ -22,3 +28,22 @@ def build_c(source: str, out_dir: Path, error: type[Exception]) -> Path:
     if res.returncode != 0:
         raise error(f"building {source} failed:\n{res.stderr}")
     return binary
+
+
+def machine_facts(loop_cpu: int) -> dict[str, Any]:
+    """When and on what a run was made: date, kernel, CPUs and their model, the CPU the
+    measured loop was pinned to, the load average (noisy neighbours show there)."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "loop_cpu": loop_cpu,
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }

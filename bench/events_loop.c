@@ -27,21 +27,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_BURST 16L        /* most calls between two clock reads */
 #define MAX_BURST_NS 20000.0 /* most schedule time one burst may cover */
 
-static long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-static int die(const char *what)
-{
-	fprintf(stderr, "events_loop: %s: %s\n", what, strerror(errno));
-	return 1;
-}
 
 int main(int argc, char **argv)
 {

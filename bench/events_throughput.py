@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _build import build_c  # bench/_build.py: the scripts run from this directory
+from _build import build_c, machine_facts  # bench/_build.py: scripts run from here
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -769,19 +768,8 @@ def run_peer_runs(fn: Callable[[], PeerRun], reps: int) -> tuple[list[PeerRun], 
 
 
 def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "loop_cpu": args.cpu,
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        **machine_facts(args.cpu),
         "seconds": args.seconds,
         "reps": args.reps,
         "rates": args.rates,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _build import build_c  # bench/_build.py: the scripts run from this directory
+from _build import build_c, machine_facts  # bench/_build.py: scripts run from here
 
 try:
     import bcc
@@ -443,20 +442,9 @@ def foreign_syscall_hooks() -> list[str]:
 
 
 def machine_meta(reps: int, kernel_reps: int, calls: int, cpu: int) -> dict[str, Any]:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "loop_cpu": cpu,
+        **machine_facts(cpu),
         "bpf_jit_enable": Path("/proc/sys/net/core/bpf_jit_enable").read_text().strip(),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "reps": reps,
         "kernel_reps": kernel_reps,
         "calls": calls,

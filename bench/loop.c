@@ -31,18 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-static int die(const char *what)
-{
-	fprintf(stderr, "loop: %s: %s\n", what, strerror(errno));
-	return 1;
-}
+#include "bench.h"
 
 int main(int argc, char **argv)
 {
