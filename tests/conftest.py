@@ -240,3 +240,10 @@ def cgroup_dir() -> Any:
                 except OSError:
                     assert time.monotonic() < deadline, f"{sub} stays busy"
                     time.sleep(0.05)
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Any:
+    """A client of the module's ``daemon`` fixture (each module defines its daemon)."""
+    with daemon.client() as c:
+        yield c

@@ -122,12 +122,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         dm.stop()
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[Client]:
-    with daemon.client() as c:
-        yield c
-
-
 class Gated:
     """``exact gated N T``: reports its pid, then waits for a byte before working."""
 

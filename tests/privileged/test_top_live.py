@@ -44,12 +44,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         dm.stop()
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[Client]:
-    with daemon.client() as c:
-        yield c
-
-
 class Phases:
     """``exact phases``: getppid x K for each line K written to it."""
 
