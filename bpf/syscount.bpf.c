@@ -413,6 +413,7 @@ static __always_inline void emit(__u32 type, __u32 pid, __u32 ppid, __s32 code)
 		events.ringbuf_submit(e, 0);
 }
 
+#if !COUNT_ONLY
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -446,7 +447,45 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	}
 	return 0;
 }
+#else
+/* Count-only: one lookup and one increment per call, at entry, so calls that never
+ * return (exit_group) are counted with no help from sched_process_exit. An execve
+ * is counted under the generation it was entered in (the full mode counts it under
+ * the new one, when it returns). */
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct pid_state *g = tracked_process(tgid);
+	if (!g)
+		return 0;
+	__s64 nr = (__s64)ctx->args[1];
+	__u32 *lim = limit_of.lookup(&tgid);
+	if (lim && *lim)
+		enforce(*lim - 1, (__u32)nr);
+	/* The same numbering as the full mode: out-of-range numbers share 0x7fff. */
+	__u32 key_nr = (__u16)nr & ~NR_EVENT_BIT;
+	struct stats_val *s = stats_slot(tgid, key_nr, g->gen);
+	if (!s)
+		return 0;
+	s->calls++;
+	if (nr == NR_EXECVE || nr == NR_EXECVEAT) {
+		/* Remembered for sched_process_exec, which moves this call to the new
+		 * generation if the exec succeeds (start_ns: counted under gen + 1). */
+		__u32 tid = (__u32)id;
+		struct pid_state *t = tid == tgid ? g : pids.lookup(&tid);
+		if (t) {
+			t->start_ns = (__u64)g->gen + 1;
+			t->nr = key_nr;
+		}
+	}
+	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP))
+		s->alloc_bytes += requested_bytes((struct pt_regs *)ctx->args[0], nr);
+	return 0;
+}
+#endif /* !COUNT_ONLY */
 
+#if !COUNT_ONLY
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -487,6 +526,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	s->hist[b]++;
 	return 0;
 }
+#endif /* !COUNT_ONLY */
 
 /* Processes (not threads) forked by a tracked process are tracked before they
  * can run: task_newtask fires in the parent inside copy_process(), before the
@@ -576,8 +616,25 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			ev_inflight.delete(&old);
 		}
 	}
+#if COUNT_ONLY
+	/* The execve that got here was counted at entry under the old generation; the
+	 * full mode counts it under the new one (at its return), and so must this. The
+	 * decrement may be on another CPU than the increment (exec balances CPUs): the
+	 * per-CPU value wraps below zero and user space sums modulo 2^64. */
+	if (g->start_ns) {
+		struct stats_val *from = stats_slot(tgid, g->nr, (__u32)(g->start_ns - 1));
+		struct stats_val *to = from ? stats_slot(tgid, g->nr, g->gen) : 0;
+		if (to) {
+			from->calls--;
+			to->calls++;
+		}
+		g->start_ns = 0;
+		g->nr = 0;
+	}
+#else
 	if ((g->nr & NR_EVENT_BIT) && pk)
 		ev_exec_path.update(&tgid, pk);
+#endif
 	struct event *e = new_event(EV_EXEC, tgid, 0, 0);
 	if (!e)
 		return 0;
@@ -621,7 +678,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 	struct pid_state *g = tid == tgid ? t : pids.lookup(&tgid);
 	if (g && g->tracked) {
-		if (t->start_ns) {
+		/* Count-only: every call was counted at entry; start_ns marks an execve. */
+		if (!COUNT_ONLY && t->start_ns) {
 			/* The call this thread is in will never return: count it, untimed. */
 			struct stats_val *s = stats_slot(tgid, t->nr & ~NR_EVENT_BIT, g->gen);
 			if (s)

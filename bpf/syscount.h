@@ -103,6 +103,13 @@
 #define MM_BRK_OFF -1
 #endif
 
+/* Count-only mode (1): sys_enter counts calls and nothing is attached to sys_exit,
+ * like BCC's syscount without -L. Errors, times and histograms stay zero; events
+ * (which need the return) are unavailable. About half the cost of the full mode. */
+#ifndef COUNT_ONLY
+#define COUNT_ONLY 0
+#endif
+
 #define HIST_BUCKETS 32
 #define LIMIT_RULES 4
 #define NR_MASK_WORDS 8 /* syscall numbers 0..511 */

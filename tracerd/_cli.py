@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "trace=%%file style accepted")
     run.add_argument("--duration", type=positive_float, metavar="SECONDS",
                      help="stop tracing after SECONDS")
+    run.add_argument("--count-only", action="store_true",
+                     help="count calls only, at entry (about half the cost; no errors, "
+                          "times, events, budgets or golden files), like syscount")
     run.add_argument("--max-stats", type=positive_int, metavar="N",
                      help="size of the kernel's (process, syscall) map (default 65536)")
     run.add_argument("--save-golden", metavar="FILE",
@@ -132,6 +135,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise TracerdError("-f and --summary go with --events", EXIT_USAGE)
     if args.events and args.json and args.summary:
         raise TracerdError("--events --json writes one document: no --summary", EXIT_USAGE)
+    if args.count_only:
+        clash = [flag for flag, on in (("--events", args.events), ("--budget", args.budget),
+                                       ("--save-golden", args.save_golden),
+                                       ("--against", args.against),
+                                       ("--percentiles", args.percentiles),
+                                       ("--remote", args.remote is not None)) if on]
+        if clash:
+            raise TracerdError(f"--count-only measures calls only: not with {clash[0]}",
+                               EXIT_USAGE)
     baseline = _cli_golden.load(args.against) if args.against else None
     budget = _cli_daemon.load_budget(args.budget)
     if command:
@@ -158,7 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 outcome = Outcome(report=report, status=status, interrupted=why,
                                   running_pid=running)
             else:
-                with Probe(Limits.for_this_kernel(**overrides)) as probe:
+                with Probe(Limits.for_this_kernel(**overrides),
+                           count_only=args.count_only) as probe:
                     if args.pid is not None:
                         outcome = attach(probe, args.pid, duration=args.duration,
                                          on_attached=_say_attached)
@@ -167,6 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                               budget=budget, peak_rss=wants_golden,
                                               on_violation=_say_violation, events=flt,
                                               on_events=writer)
+                    outcome.report.count_only = probe.count_only
         except BaseException:
             if writer is not None:
                 writer.close(complete=False)

@@ -33,6 +33,7 @@ from .model import (
 )
 
 _C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE, _C_SYS_EVENTS_LOST = 0, 1, 2, 3
+_U64 = (1 << 64) - 1
 
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -389,6 +390,9 @@ def _sum_cpus(values: Iterable[StatsVal]) -> SyscallStats:
     out = SyscallStats()
     for v in values:
         out.add(_to_stats(v))
+    # Modulo 2^64, as the kernel's counters: count-only moves an execve to its new
+    # generation with a decrement that can wrap one CPU's value below zero.
+    out.calls &= _U64
     return out
 
 
@@ -404,8 +408,11 @@ class Probe:
     """The loaded and attached BPF programs; use as a context manager."""
 
     def __init__(self, limits: Limits | None = None, *,
-                 exit_has_group_dead: bool | None = None) -> None:
+                 exit_has_group_dead: bool | None = None, count_only: bool = False) -> None:
         self.limits = limits or Limits.for_this_kernel()
+        #: calls only, counted at sys_enter, nothing on sys_exit (see COUNT_ONLY in
+        #: syscount.h): no errors, times or per-syscall events
+        self.count_only = count_only
         #: sched_process_exit's group_dead field is used when the kernel has it (None:
         #: look in tracefs at open); False forces the fallback older kernels need
         self.exit_has_group_dead = exit_has_group_dead
@@ -444,6 +451,7 @@ class Probe:
             f"-DSIGNAL_LIVE_OFF={_offset('signal_struct', 'live')}",
             f"-DMM_BRK_OFF={_offset('mm_struct', 'brk')}",
             f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
+            f"-DCOUNT_ONLY={int(self.count_only)}",
             *_special_syscalls(),
             "-w",  # header-version warnings would land in the user's terminal
         ]
@@ -564,6 +572,8 @@ class Probe:
         """
         if not 0 <= slot < self.limits.max_limits:
             raise TracerdError(f"session slot {slot} is out of range")
+        if self.count_only:
+            raise TracerdError("per-syscall events need sys_exit: not in count-only mode")
         gen = self._slot_gen[slot] = (self._slot_gen.get(slot, 0) + 1) & 0xFFFF
         f = EvFilter()
         f.enabled, f.gen = 1, gen
@@ -690,8 +700,10 @@ class Probe:
 
     def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]:
         """Cumulative (tgid, gen, nr) -> stats: per exec generation (see syscount.h)."""
-        return {(key.tgid, key.gen, key.nr): _sum_cpus(per_cpu)
-                for key, per_cpu in self._lookup_batch()}
+        out = {(key.tgid, key.gen, key.nr): _sum_cpus(per_cpu)
+               for key, per_cpu in self._lookup_batch()}
+        # All zero: a count-only execve moved to its new generation (nothing to report).
+        return {k: v for k, v in out.items() if v.calls or v.alloc_bytes}
 
     def delete_stats(self, tgids: Iterable[int]) -> dict[tuple[int, int], SyscallStats]:
         """Read and remove the entries of processes that have exited, summed over gens."""

@@ -267,6 +267,8 @@ class Report:
     drops: Drops = field(default_factory=Drops)
     interrupted: str | None = None  #: why tracing stopped early, if it did
     budget: list[Result] = field(default_factory=list)  #: results, in the budget's order
+    #: counted in count-only mode: calls only (errors and times were not measured)
+    count_only: bool = False
 
     def budget_failed(self) -> bool:
         """An assertion that fails the session failed."""

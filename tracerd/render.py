@@ -27,6 +27,7 @@ JSON schema (``REPORT_SCHEMA``, currently ``tracerd.report/v1``)::
       ],
       "budget": [RESULT, ...],       # optional on input; in the budget's order
       "budget_failed": bool,         # derived: a result that fails the session failed
+      "count_only": bool,            # optional on input: calls only, errors/times not measured
       "totals": {"calls": int, "errors": int, "total_ns": int,   # derived from processes
                  "syscalls": [SYSCALL, ...]}
     }
@@ -62,6 +63,7 @@ from tracerd.model import (
 )
 
 __all__ = [
+    "counts_table",
     "process_header",
     "render_text",
     "report_from_dict",
@@ -144,6 +146,20 @@ def _sort_key(item: tuple[int, SyscallStats, str]) -> tuple[int, int, str, int]:
     # strace sorts by cumulative time, descending, with qsort(): ties come out in an
     # unspecified order. We break them deterministically: calls descending, then name, then nr.
     return (-st.total_ns, -st.calls, name, nr)
+
+
+def counts_table(stats: Mapping[int, SyscallStats], name_of: NameOf) -> str:
+    """A count-only table (as BCC's ``syscount`` without ``-L``): calls and syscall, by
+    calls descending (ties: name, then nr), then the total; ends with a newline."""
+    rows = sorted(((nr, st, name_of(nr)) for nr, st in stats.items() if st.calls > 0),
+                  key=lambda r: (-r[1].calls, r[2], r[0]))
+    total = sum(st.calls for _, st, _ in rows)
+    width = max(9, len(str(total)))
+    dashes = "-" * width + " " + "-" * 16
+    lines = [f"{'calls':>{width}} syscall", dashes]
+    lines += [f"{st.calls:>{width}} {name}" for _, st, name in rows]
+    lines += [dashes, f"{total:>{width}} total"]
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(
@@ -262,17 +278,23 @@ def render_text(
     percentiles: bool = False,
 ) -> str:
     """The human-readable report: one table of all processes, or one table per process
-    followed by a total section; then a warning line if anything was dropped."""
+    followed by a total section; then a warning line if anything was dropped. A count-only
+    report has calls only (``counts_table``)."""
+
+    def table(stats: Mapping[int, SyscallStats]) -> str:
+        if report.count_only:
+            return counts_table(stats, name_of)
+        return summary_table(stats, name_of, percentiles=percentiles)
+
     sections: list[str] = []
     if per_process:
         procs = sorted(report.processes.values(), key=lambda p: (p.start_ns, p.pid))
         for proc in procs:
-            sections.append(process_header(proc) + "\n"
-                            + summary_table(proc.syscalls, name_of, percentiles=percentiles))
+            sections.append(process_header(proc) + "\n" + table(proc.syscalls))
         sections.append(f"total: {_plural(len(procs), 'process', 'processes')}\n"
-                        + summary_table(report.totals(), name_of, percentiles=percentiles))
+                        + table(report.totals()))
     else:
-        sections.append(summary_table(report.totals(), name_of, percentiles=percentiles))
+        sections.append(table(report.totals()))
     out = "\n".join(sections)  # a blank line between sections: each already ends with "\n"
     footer = _drops_footer(report.drops)
     if footer is not None:
@@ -359,6 +381,7 @@ def report_to_dict(report: Report, name_of: NameOf) -> dict[str, Any]:
         "processes": procs,
         "budget": [result_to_dict(r) for r in report.budget],
         "budget_failed": report.budget_failed(),
+        "count_only": report.count_only,
         "totals": {
             "calls": sum(st.calls for st in totals.values()),
             "errors": sum(st.errors for st in totals.values()),
@@ -588,6 +611,8 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
         ),
         budget=[_result_from(r, f"budget[{i}]")
                 for i, r in enumerate(_list(d.get("budget", []), "budget"))],
+        # Absent from reports written before count-only existed.
+        count_only=_bool(d.get("count_only", False), "count_only"),
     )
 
     duration = _field(d, "duration_ns", "")

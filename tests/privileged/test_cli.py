@@ -100,6 +100,14 @@ def test_command_errors(tmp_path: Path, mode: int | None, content: bytes | None,
     assert proc.stderr.count("\n") == 1 and text in proc.stderr
 
 
+@pytest.mark.parametrize("flag", [["--events"], ["--budget", "x.toml"], ["--save-golden", "g"],
+                                  ["--against", "g"], ["--percentiles"]])
+def test_count_only_refuses_what_needs_times_or_returns(flag: list[str]) -> None:
+    proc = tracerd("run", "--count-only", *flag, "--", "true")
+    assert proc.returncode == 2
+    assert proc.stderr == f"tracerd: --count-only measures calls only: not with {flag[0]}\n"
+
+
 def test_unknown_syscall_is_a_usage_error() -> None:
     proc = tracerd("run", "-e", "opne", "--", "true")
     assert proc.returncode == 2

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
-from conftest import by_name, traced_json
+from conftest import by_name, traced_json, tracerd
 
 
 def _roles(stdout: str) -> dict[str, int]:
@@ -99,3 +100,51 @@ def test_descendant_exit_codes_from_btf(tmp_path: Path) -> None:
         for p in report["processes"] if p["pid"] != report["root_pid"]
     }
     assert exits == {(None, signal.SIGTERM), (7, None)}
+
+
+def _calls(report: dict[str, Any], roles: dict[str, int]) -> dict[str, dict[str, int]]:
+    procs = {p["pid"]: p for p in report["processes"]}
+    return {role: {s["name"]: s["calls"] for s in procs[pid]["syscalls"]}
+            for role, pid in roles.items()}
+
+
+def test_count_only_counts_what_full_mode_counts(tmp_path: Path, fixture_bin: Path) -> None:
+    # Counted at sys_enter with nothing on sys_exit: the same calls per process and
+    # syscall as the full mode, including calls that never return (exit, exit_group)
+    # and the execve that count-only has to move to the new exec generation.
+    n, threads = 500, 3
+    cmd = [str(fixture_bin), "exact", str(n), str(threads)]
+    full, proc = traced_json(tmp_path, cmd)
+    assert proc.returncode == 0, proc.stderr
+    full_calls = _calls(full, _roles(proc.stdout))
+    counted, proc = traced_json(tmp_path, cmd, "--count-only")
+    assert proc.returncode == 0, proc.stderr
+    assert counted["count_only"] is True and full["count_only"] is False
+    got = _calls(counted, _roles(proc.stdout))
+    # pthread_join's futex waits depend on timing: one run may wait where the other not.
+    for calls in (*got.values(), *full_calls.values()):
+        calls.pop("futex", None)
+    assert got == full_calls
+    assert full_calls["parent"]["execve"] == 1 and full_calls["parent"]["exit_group"] == 1
+    for s in counted["totals"]["syscalls"]:
+        assert (s["errors"], s["total_ns"], sum(s["histogram"])) == (0, 0, 0), s["name"]
+
+
+def test_count_only_failed_execs_stay_with_the_old_image(tmp_path: Path) -> None:
+    # env tries each PATH entry: two execve fail (ENOENT) before one succeeds. All three
+    # are the same process's; the text summary of count-only is calls only.
+    path = f"{tmp_path}/a:{tmp_path}/b:/usr/bin:/bin"
+    cmd = ["/usr/bin/env", f"PATH={path}", "true"]
+    full, proc = traced_json(tmp_path, cmd)
+    assert proc.returncode == 0, proc.stderr
+    counted, proc = traced_json(tmp_path, cmd, "--count-only")
+    assert proc.returncode == 0, proc.stderr
+    root = {s["name"]: s for s in counted["processes"][0]["syscalls"]}
+    assert root["execve"]["calls"] == 4  # tracerd's exec of env, then 2 failed + 1 ok
+    assert by_name(full["processes"][0]["syscalls"])["execve"]["errors"] == 2
+    assert ({s["name"]: s["calls"] for s in counted["totals"]["syscalls"]}
+            == {s["name"]: s["calls"] for s in full["totals"]["syscalls"]})
+    text = tracerd("run", "--count-only", "--", *cmd)
+    assert text.returncode == 0, text.stderr
+    # The summary goes to stderr, as strace -c's does.
+    assert ["calls", "syscall"] in [line.split() for line in text.stderr.splitlines()]

@@ -35,3 +35,10 @@ def test_tracefs_that_cannot_be_mounted_is_a_clear_error(monkeypatch: pytest.Mon
     monkeypatch.setattr(_probe, "_TRACEFS", (tmp_path / "tracing", tmp_path / "debug"))
     with pytest.raises(_probe.BpfUnusable, match="tracefs is not mounted"):
         _probe.ensure_tracefs()
+
+
+def test_count_only_has_no_per_syscall_events() -> None:
+    # Events need sys_exit, which count-only leaves alone: refused before any map is used.
+    probe = _probe.Probe(_probe.Limits(pid_max=100), count_only=True)
+    with pytest.raises(TracerdError, match="count-only"):
+        probe.set_events(0, None)

@@ -22,6 +22,7 @@ from tracerd.model import (
     SyscallStats,
 )
 from tracerd.render import (
+    counts_table,
     process_header,
     render_text,
     report_from_dict,
@@ -599,3 +600,35 @@ def test_unknown_keys_are_ignored() -> None:
     d["future_field"] = {"anything": 1}
     d["processes"][0]["future_process_field"] = "/x"
     assert report_from_dict(d) == _two_process_report()
+
+
+# ---------------------------------------------------------------------------------------------
+# count-only reports
+# ---------------------------------------------------------------------------------------------
+
+
+def test_counts_table_by_calls_then_name() -> None:
+    # Times and errors of a count-only report are zero: only calls are shown, as syscount.
+    assert counts_table(KNOWN_STATS, name_of) == """\
+    calls syscall
+--------- ----------------
+       10 openat
+        5 close
+        5 write
+        3 read
+        2 syscall_999
+--------- ----------------
+       25 total
+"""
+
+
+def test_count_only_report_renders_counts_and_round_trips() -> None:
+    report = copy.deepcopy(_two_process_report())
+    report.count_only = True
+    text = render_text(report, name_of, per_process=True, percentiles=True)
+    assert "% time" not in text and text.count("    calls syscall") == 3
+    d = json.loads(report_to_json(report, name_of))
+    assert d["count_only"] is True
+    assert report_from_dict(d) == report
+    del d["count_only"]  # written before count-only existed: a full report
+    assert report_from_dict(d).count_only is False
