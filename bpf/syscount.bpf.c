@@ -374,6 +374,42 @@ static __always_inline void event_exit(__u32 tgid, __u32 tid, __u64 start, __u64
 	ev_inflight.delete(&tid);
 }
 
+/* Is the call being entered a 32-bit compat call? Asked once per exec generation and
+ * cached in g->tracked (PS_ABI_*): every call of an image has the same ABI, except in the
+ * rare 64-bit program that also enters the kernel through int 0x80 (those calls are then
+ * counted under the ABI of the image's first call: a known limitation). */
+static __always_inline __u32 compat_bit(struct pid_state *g, struct pt_regs *regs)
+{
+	__u16 flags = g->tracked;
+	if (!(flags & PS_ABI_KNOWN)) {
+		int compat = 0;
+#if defined(__TARGET_ARCH_x86) || defined(__x86_64__)
+		if (TASK_TI_STATUS_OFF >= 0) {
+			__u32 status = 0;
+			void *task = (void *)bpf_get_current_task();
+			bpf_probe_read_kernel(&status, sizeof(status), task + TASK_TI_STATUS_OFF);
+			compat = !!(status & TS_COMPAT_FLAG);
+		}
+#elif defined(__TARGET_ARCH_arm64) || defined(__aarch64__)
+		__u64 pstate = 0;
+		bpf_probe_read_kernel(&pstate, sizeof(pstate),
+				      (void *)regs + offsetof(struct user_pt_regs, pstate));
+		compat = !!(pstate & PSR_MODE32_FLAG);
+#endif
+		flags |= PS_ABI_KNOWN | (compat ? PS_ABI_COMPAT : 0);
+		g->tracked = flags;
+	}
+	return flags & PS_ABI_COMPAT ? COMPAT_BIT : 0;
+}
+
+/* The number counters are kept under (see COMPAT_BIT). */
+static __always_inline __u32 counted_nr(__s64 nr, __u32 compat)
+{
+	if (nr < 0 || nr >= NR_OVERFLOW)
+		return NR_OVERFLOW | compat;
+	return (__u32)nr | compat;
+}
+
 static __always_inline struct pid_state *tracked_process(__u32 tgid)
 {
 	struct pid_state *g = pids.lookup(&tgid);
@@ -426,22 +462,22 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 		return 0;
 	/* The call is counted when it returns, or at thread exit if it never does
 	 * (exit, exit_group, or a thread killed inside a blocking call). */
-	__s64 nr = (__s64)ctx->args[1];
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	/* Compared with the NR_* of native calls below, a compat call never matches. */
+	__u32 nr = counted_nr((__s64)ctx->args[1], compat_bit(g, regs));
 	__u64 now = bpf_ktime_get_ns();
-	/* Numbers >= 0x8000 (and syscall(-1), a ptrace skip) share 0x7fff: the top bit is
-	 * NR_EVENT_BIT. No real syscall is near it. */
-	t->nr = (__u16)nr & ~NR_EVENT_BIT;
+	t->nr = nr;
 	t->start_ns = now;
 	__u32 *lim = limit_of.lookup(&tgid);
 	if (lim && *lim) {
 		__u32 slot = *lim - 1;
-		enforce(slot, (__u32)nr);
-		if (event_enter(slot, tgid, tid, (__u32)nr, (struct pt_regs *)ctx->args[0], now))
+		enforce(slot, nr);
+		if (event_enter(slot, tgid, tid, nr, regs, now))
 			t->nr |= NR_EVENT_BIT;
 	}
-	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP)) {
-		__u64 bytes = requested_bytes((struct pt_regs *)ctx->args[0], nr);
-		struct stats_val *s = bytes ? stats_slot(tgid, (__u32)nr, g->gen) : 0;
+	if (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP) {
+		__u64 bytes = requested_bytes(regs, nr);
+		struct stats_val *s = bytes ? stats_slot(tgid, nr, g->gen) : 0;
 		if (s)
 			s->alloc_bytes += bytes;
 	}
@@ -459,16 +495,16 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	struct pid_state *g = tracked_process(tgid);
 	if (!g)
 		return 0;
-	__s64 nr = (__s64)ctx->args[1];
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	__u32 nr = counted_nr((__s64)ctx->args[1], compat_bit(g, regs));
 	__u32 *lim = limit_of.lookup(&tgid);
 	if (lim && *lim)
-		enforce(*lim - 1, (__u32)nr);
-	/* The same numbering as the full mode: out-of-range numbers share 0x7fff. */
-	__u32 key_nr = (__u16)nr & ~NR_EVENT_BIT;
-	struct stats_val *s = stats_slot(tgid, key_nr, g->gen);
+		enforce(*lim - 1, nr);
+	struct stats_val *s = stats_slot(tgid, nr, g->gen);
 	if (!s)
 		return 0;
 	s->calls++;
+	/* A compat task's execve stays under the generation it was entered in. */
 	if (nr == NR_EXECVE || nr == NR_EXECVEAT) {
 		/* Remembered for sched_process_exec, which moves this call to the new
 		 * generation if the exec succeeds (start_ns: counted under gen + 1). */
@@ -476,11 +512,11 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 		struct pid_state *t = tid == tgid ? g : pids.lookup(&tid);
 		if (t) {
 			t->start_ns = (__u64)g->gen + 1;
-			t->nr = key_nr;
+			t->nr = nr;
 		}
 	}
-	if (nr >= 0 && (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP))
-		s->alloc_bytes += requested_bytes((struct pt_regs *)ctx->args[0], nr);
+	if (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP)
+		s->alloc_bytes += requested_bytes(regs, nr);
 	return 0;
 }
 #endif /* !COUNT_ONLY */
@@ -597,6 +633,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	/* A new generation: the in-flight execve and everything after it are counted
 	 * under it (the execve of an already tracked process included). */
 	g->gen++;
+	g->tracked = PS_TRACKED; /* a new image: its ABI is found at its first call */
 	__u32 old = args->old_pid;
 	if (old != tgid) {
 		/* A non-leader thread exec'd and took over the leader's pid: its

@@ -96,6 +96,14 @@
 #define SIGNAL_LIVE_OFF -1
 #endif
 
+/* x86_64: byte offset of thread_info.status in task_struct (BTF; -1: unknown, compat
+ * tasks then go undetected and their calls are counted under native numbers). */
+#ifndef TASK_TI_STATUS_OFF
+#define TASK_TI_STATUS_OFF -1
+#endif
+#define TS_COMPAT_FLAG 0x0002 /* x86 thread_info.status: a 32-bit syscall is active */
+#define PSR_MODE32_FLAG 0x10  /* arm64 pstate: the task runs AArch32 code */
+
 #ifndef TASK_MM_OFF
 #define TASK_MM_OFF -1
 #endif
@@ -120,6 +128,10 @@
 #define EV_DATA_LEN 256 /* bytes copied per decoded argument (a power of two) */
 #define EV_DATA_ARGS 2  /* decoded arguments per event */
 #define NR_SLOTS_NR 512 /* syscall numbers the event decode table covers */
+/* Counted numbers: a compat task's (ia32, AArch32) calls carry COMPAT_BIT, so they never
+ * pass for the native call of the same number; numbers out of range share NR_OVERFLOW. */
+#define COMPAT_BIT 0x4000
+#define NR_OVERFLOW 0x3fff
 
 /* One slot per pid number. Thread ids and process ids share that number space,
  * so a single array serves both roles: every thread keeps its syscall entry time
@@ -130,9 +142,14 @@
 struct pid_state {
 	__u64 start_ns; /* bpf_ktime_get_ns() at sys_enter, 0 when not in a syscall */
 	__u32 gen;      /* on a tgid's slot: exec generation, +1 at each exec while tracked */
-	__u16 nr;       /* syscall number seen at sys_enter */
-	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked */
+	__u16 nr;       /* syscall number seen at sys_enter (| COMPAT_BIT, | NR_EVENT_BIT) */
+	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked (PS_*) */
 };
+/* Bits of pid_state.tracked. The ABI bits cache, per exec generation, whether the image
+ * makes compat calls: found at its first syscall, which costs two helper calls. */
+#define PS_TRACKED 1
+#define PS_ABI_KNOWN 2
+#define PS_ABI_COMPAT 4
 
 /* Key of rule_path: the execve path, NUL-padded (so equal strings hash equal). */
 struct path_key {

@@ -373,6 +373,15 @@ def _offset(struct: str, member: str) -> int:
         return -1  # the measure that needs it is then off (documented in syscount.h)
 
 
+def _thread_status_offset() -> int:
+    """x86_64: where thread_info.status (TS_COMPAT) is in task_struct; -1 elsewhere or
+    when BTF does not say (compat tasks then go undetected)."""
+    if os.uname().machine != "x86_64":
+        return -1
+    ti, status = _offset("task_struct", "thread_info"), _offset("thread_info", "status")
+    return ti + status if ti >= 0 and status >= 0 else -1
+
+
 def _special_syscalls() -> list[str]:
     """-D numbers of the syscalls the kernel side treats apart, on this arch: memory
     requests (mmap, brk, mremap), calls that never return (exit, exit_group), and exec."""
@@ -450,6 +459,7 @@ class Probe:
             f"-DTASK_SIGNAL_OFF={_offset('task_struct', 'signal')}",
             f"-DSIGNAL_LIVE_OFF={_offset('signal_struct', 'live')}",
             f"-DMM_BRK_OFF={_offset('mm_struct', 'brk')}",
+            f"-DTASK_TI_STATUS_OFF={_thread_status_offset()}",
             f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
             f"-DCOUNT_ONLY={int(self.count_only)}",
             *_special_syscalls(),

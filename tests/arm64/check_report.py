@@ -2,6 +2,7 @@
 
   check_report.py exact REPORT N T               `exact N T`: counts, processes, names
   check_report.py strace REPORT OUT              against `strace -f -c -o OUT` of the same
+  check_report.py compat REPORT N                an AArch32 task's N getppid: arm32 names
   check_report.py info ADDR CA TOKEN WAIT_S PID  GetInfo over TLS in the guest, retried
                                                  while the daemon PID starts (WAIT_S max)
 
@@ -148,9 +149,22 @@ def cmd_info(addr: str, ca: str, token: str, wait_s: float, pid: int) -> None:
                                   f"{info.kernel}, tracerd {info.version}")
 
 
+def cmd_compat(path: str, n: int) -> None:
+    """An AArch32 task's calls: counted under the arm32 table's numbers and names, not as
+    the aarch64 calls of the same numbers (64 is write natively, getppid on arm32)."""
+    report = json.loads(Path(path).read_text())
+    calls = {name: s["calls"] for name, s in totals(report).items()}
+    want = {"execve": 1, "arm32:getppid": n, "arm32:exit_group": 1}
+    check(calls == want, f"arm32 task: calls {calls}, expected {want}")
+    nr = totals(report).get("arm32:getppid", {}).get("nr")
+    check(nr == 0x4000 | 64, f"arm32:getppid counted as nr {nr} (COMPAT_BIT | 64)")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "exact":
         cmd_exact(argv[1], int(argv[2]), int(argv[3]))
+    elif len(argv) == 3 and argv[0] == "compat":
+        cmd_compat(argv[1], int(argv[2]))
     elif len(argv) == 3 and argv[0] == "strace":
         cmd_strace(argv[1], argv[2])
     elif len(argv) == 6 and argv[0] == "info":

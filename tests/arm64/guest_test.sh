@@ -10,7 +10,9 @@
 #      <asm/unistd.h>, and none of x86_64's;
 #   3. `exact STRACE_N 0` and `ls` under tracerd and under `strace -c -f`: the same
 #      names and counts (strace never lists exit_group);
-#   4. when the host asked for it ($TRACERD_SHARE/daemon.env), `tracerd serve` on TCP
+#   4. an AArch32 task (tests/fixtures/compat_elf.py): counted under the arm32 table,
+#      in full and count-only mode;
+#   5. when the host asked for it ($TRACERD_SHARE/daemon.env), `tracerd serve` on TCP
 #      with TLS and a token, answering GetInfo here and from the host through qemu's
 #      forwarded port.
 #
@@ -80,6 +82,20 @@ for cmd in "./exact exact $STRACE_N 0" "ls -la /usr/bin /nonexistent"; do
   if [ -s vs.json ]; then checker strace vs.json strace.txt; else fail "$cmd: no report"; fi
   rm -f vs.json strace.txt
 done
+
+step "an AArch32 (compat) task: tests/fixtures/compat_elf.py arm32 $N"
+"$py" "$src/tests/fixtures/compat_elf.py" arm32 "$N" arm32-loop
+if ./arm32-loop; then
+  tracerd run --json -o compat.json -- ./arm32-loop
+  rc=$?
+  [ "$rc" = 0 ] && pass "tracerd run on the arm32 task exited 0" || fail "tracerd run exited $rc"
+  if [ -s compat.json ]; then checker compat compat.json "$N"; else fail "no compat report"; fi
+  tracerd run --count-only --json -o compat-count.json -- ./arm32-loop
+  if [ -s compat-count.json ]; then checker compat compat-count.json "$N"; else fail "no report"; fi
+else
+  # qemu's -cpu max runs AArch32 at EL0; a CPU without it cannot exec the file at all.
+  fail "this CPU/kernel cannot run AArch32 binaries (exec of arm32-loop failed)"
+fi
 
 if [ -f "$share/daemon.env" ]; then
   # shellcheck disable=SC1091 # written by tools/arm64/test.sh: PORT and TOKEN

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import by_name, traced_json, tracerd
+
+from tracerd import syscalls
 
 
 def _roles(stdout: str) -> dict[str, int]:
@@ -148,3 +153,47 @@ def test_count_only_failed_execs_stay_with_the_old_image(tmp_path: Path) -> None
     assert text.returncode == 0, text.stderr
     # The summary goes to stderr, as strace -c's does.
     assert ["calls", "syscall"] in [line.split() for line in text.stderr.splitlines()]
+
+
+def _ia32_binary(tmp_path: Path, n: int) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+    import compat_elf  # noqa: PLC0415 - a fixture script, not a package
+
+    out = tmp_path / "ia32-loop"
+    out.write_bytes(compat_elf.build("ia32", n))
+    out.chmod(0o755)
+    try:
+        subprocess.run([str(out)], check=True)
+    except OSError as e:  # ENOEXEC: a kernel built without ia32 emulation
+        pytest.skip(f"this kernel does not run ia32 binaries: {e}")
+    return out
+
+
+@pytest.mark.parametrize("mode", [[], ["--count-only"]])
+def test_ia32_calls_are_counted_under_the_ia32_table(tmp_path: Path, mode: list[str]) -> None:
+    # getppid is 64 on i386 and 110 on x86_64; 64 natively is getpid. Counted under native
+    # numbers, the loop would show up as 1000 getpid calls.
+    n = 1000
+    report, proc = traced_json(tmp_path, [str(_ia32_binary(tmp_path, n))], *mode)
+    assert proc.returncode == 0, proc.stderr
+    calls = {s["name"]: s["calls"] for s in report["totals"]["syscalls"]}
+    assert calls == {"execve": 1, "ia32:getppid": n, "ia32:exit_group": 1}
+    nrs = {s["name"]: s["nr"] for s in report["totals"]["syscalls"]}
+    assert nrs["ia32:getppid"] == syscalls.COMPAT_BIT | 64
+    # The text summary names them the same way, and -e selects them by that name.
+    text = tracerd("run", "-e", "ia32:getppid", *mode, "--", str(_ia32_binary(tmp_path, n)))
+    assert text.returncode == 0, text.stderr
+    rows = {r[-1]: r[-2] for r in map(str.split, text.stderr.splitlines()) if len(r) >= 2}
+    assert rows["ia32:getppid"] == str(n) and "execve" not in rows
+
+
+def test_ia32_counts_match_strace_32_bit_summary(tmp_path: Path) -> None:
+    binary = _ia32_binary(tmp_path, 777)
+    strace = subprocess.run(["strace", "-c", "-f", str(binary)], capture_output=True, text=True,
+                            check=True)
+    # strace prints a second table for the 32-bit personality; its getppid row.
+    section = strace.stderr.split("32 bit mode:")[1]
+    theirs = next(int(r.split()[3]) for r in section.splitlines() if r.endswith(" getppid"))
+    report, _ = traced_json(tmp_path, [str(binary)])
+    ours = by_name(report["totals"]["syscalls"])["ia32:getppid"]["calls"]
+    assert ours == theirs == 777

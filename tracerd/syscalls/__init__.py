@@ -18,11 +18,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from . import _aarch64, _x86_64
+from . import _aarch64, _arm32, _i386, _x86_64
 
 __all__ = [
     "ARCHES",
     "CLASSES",
+    "COMPAT_BIT",
     "SyscallTable",
     "UnknownSyscall",
     "UnsupportedArch",
@@ -41,6 +42,17 @@ _MACHINE_ALIASES: Mapping[str, str] = MappingProxyType(
 
 _RAW_NAMES: Mapping[str, Mapping[int, str]] = MappingProxyType(
     {"x86_64": _x86_64.NAMES, "aarch64": _aarch64.NAMES}
+)
+
+
+#: Set in a counted syscall number when the call was made by a 32-bit compat task (ia32 on
+#: x86_64, AArch32 on arm64): the rest is then a number of the compat table. The kernel side
+#: sets it (COMPAT_BIT in bpf/syscount.h); no native number comes near it.
+COMPAT_BIT = 0x4000
+
+# The compat ABI each 64-bit architecture serves, and its table.
+_COMPAT: Mapping[str, tuple[str, Mapping[int, str]]] = MappingProxyType(
+    {"x86_64": ("ia32", _i386.NAMES), "aarch64": ("arm32", _arm32.NAMES)}
 )
 
 
@@ -68,25 +80,37 @@ def current_arch() -> str:
 
 @dataclass(frozen=True)
 class SyscallTable:
-    """Number <-> name mapping of one architecture's native 64-bit syscalls."""
+    """Number <-> name mapping of one architecture's native 64-bit syscalls, and of the
+    32-bit compat calls its kernel serves (numbers with COMPAT_BIT, named ``ABI:name``,
+    e.g. ``ia32:getppid``, so they never pass for the native call of the same number)."""
 
     arch: str
     # Identity is the arch alone: there is one table per arch, and a dict field would make
     # the frozen dataclass unhashable.
     _names: Mapping[int, str] = field(repr=False, compare=False)
+    compat_abi: str = ""  #: "ia32", "arm32", or "" when the arch has no compat table here
+    _compat_names: Mapping[int, str] = field(default_factory=dict, repr=False, compare=False)
     _numbers: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = MappingProxyType(dict(sorted(self._names.items())))
         object.__setattr__(self, "_names", names)
-        object.__setattr__(self, "_numbers", MappingProxyType({v: k for k, v in names.items()}))
+        numbers = {v: k for k, v in names.items()}
+        numbers |= {f"{self.compat_abi}:{v}": k | COMPAT_BIT
+                    for k, v in self._compat_names.items()}
+        object.__setattr__(self, "_numbers", MappingProxyType(numbers))
 
     def name(self, nr: int) -> str:
-        """Name of syscall ``nr``; unknown numbers get strace's ``syscall_<nr>`` spelling."""
+        """Name of syscall ``nr``; unknown numbers get strace's ``syscall_<nr>`` spelling
+        (compat ones prefixed with their ABI)."""
+        if COMPAT_BIT <= nr < 2 * COMPAT_BIT and self.compat_abi:
+            base = nr & ~COMPAT_BIT
+            return f"{self.compat_abi}:{self._compat_names.get(base, f'syscall_{base}')}"
         return self._names.get(nr, f"syscall_{nr}")
 
     def number(self, name: str) -> int | None:
-        """Number of syscall ``name`` on this arch, or None if this arch has no such call."""
+        """Number of syscall ``name`` on this arch (``ABI:name`` for a compat call), or
+        None if this arch has no such call."""
         return self._numbers.get(name)
 
     def numbers(self) -> list[int]:
@@ -100,7 +124,8 @@ class SyscallTable:
 
 @functools.cache
 def _load(arch: str) -> SyscallTable:
-    return SyscallTable(arch, _RAW_NAMES[arch])
+    abi, compat = _COMPAT.get(arch, ("", {}))
+    return SyscallTable(arch, _RAW_NAMES[arch], abi, compat)
 
 
 def table_for(arch: str | None = None) -> SyscallTable:
