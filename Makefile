@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRACERD := $(VENV)/bin/tracerd
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test golden-check budget-check packaging-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench-kernel bench-events test-arm64 clean
+.PHONY: help setup demo test golden-check budget-check packaging-check unit privileged reliability lint typecheck check syscalls proto proto-check serve fixtures bench bench-kernel bench-events bench-hotpath test-arm64 clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -74,6 +74,15 @@ proto-check: setup ## fail if tracerd/v1/ is not what `make proto` generates
 
 serve: setup ## run the daemon in the foreground on /run/tracerd/tracerd.sock
 	$(TRACERD) serve
+
+# Needs a quiet machine: nothing else tracing syscalls (the benches warn), ~25 minutes.
+bench: setup ## every cost, side by side with the peers: tables on stdout, JSON in bench/results/
+	$(PY) bench/suite.py
+	$(PY) bench/daemon_cost.py
+	$(PY) bench/hotpath.py
+
+bench-hotpath: setup ## what each hot-path design choice costs, in kernel ns (bench/hotpath)
+	$(PY) bench/hotpath.py
 
 bench-kernel: setup ## in-kernel and wall cost per syscall vs empty programs (bench/kernel_cost)
 	$(PY) bench/kernel_cost.py
