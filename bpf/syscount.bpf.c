@@ -17,7 +17,7 @@
 #include "syscount.h"
 
 BPF_ARRAY(pids, struct pid_state, PID_MAX);
-BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, STATS_MAP_FLAGS);
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_ARRAY(limits, struct limit, MAX_LIMITS);

@@ -20,6 +20,13 @@
 #ifndef MAX_STATS
 #define MAX_STATS 65536
 #endif
+/* 0: the stats map is preallocated (user space chooses it when MAX_STATS x CPUs fits its
+ * memory budget). BPF_F_NO_PREALLOC (1) allocates entries at first insert instead, from
+ * per-CPU caches refilled asynchronously: a burst of new processes can then exhaust the
+ * cache and inserts fail with -ENOMEM far below MAX_STATS (counted as C_STATS_FULL). */
+#ifndef STATS_MAP_FLAGS
+#define STATS_MAP_FLAGS 0
+#endif
 
 /* Pages of the lifecycle ring buffer (power of two). */
 #ifndef RINGBUF_PAGES

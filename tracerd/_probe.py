@@ -34,6 +34,9 @@ from .model import (
 
 _C_STATS_FULL, _C_EVENTS_LOST, _C_PID_RANGE, _C_SYS_EVENTS_LOST = 0, 1, 2, 3
 _U64 = (1 << 64) - 1
+#: Kernel memory the stats map may take up front (Probe.stats_prealloc): 65,536 entries on
+#: up to 5 CPUs.
+STATS_PREALLOC_BYTES = 64 << 20
 
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -373,6 +376,19 @@ def _offset(struct: str, member: str) -> int:
         return -1  # the measure that needs it is then off (documented in syscount.h)
 
 
+def _possible_cpus() -> int:
+    """CPUs per-CPU maps are sized for (possible, not just online), e.g. "0-1,4-7" -> 6."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    n = 0
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
 def _thread_status_offset() -> int:
     """x86_64: where thread_info.status (TS_COMPAT) is in task_struct; -1 elsewhere or
     when BTF does not say (compat tasks then go undetected)."""
@@ -450,6 +466,7 @@ class Probe:
             f"-I{src}",
             f"-DPID_MAX={self.limits.pid_max}",
             f"-DMAX_STATS={self.limits.max_stats}",
+            f"-DSTATS_MAP_FLAGS={0 if self.stats_prealloc() else 1}",  # 1: BPF_F_NO_PREALLOC
             f"-DRINGBUF_PAGES={self.limits.ringbuf_pages}",
             f"-DMAX_RULES={self.limits.max_rules}",
             f"-DMAX_LIMITS={self.limits.max_limits}",
@@ -481,6 +498,14 @@ class Probe:
             self.close()
             raise
         return self
+
+    def stats_prealloc(self) -> bool:
+        """Preallocate the stats map when it fits STATS_PREALLOC_BYTES (see STATS_MAP_FLAGS
+        in syscount.h: allocating at insert time loses counts in bursts of new processes).
+        Above the budget (many CPUs, a large max_stats) entries are allocated as needed."""
+        ncpus = _possible_cpus()
+        per_entry = ((ct.sizeof(StatsVal) + 7) & ~7) * ncpus + ct.sizeof(StatsKey) + 64
+        return self.limits.max_stats * per_entry <= STATS_PREALLOC_BYTES
 
     def close(self) -> None:
         if self._sys_ring is not None:

@@ -42,3 +42,13 @@ def test_count_only_has_no_per_syscall_events() -> None:
     probe = _probe.Probe(_probe.Limits(pid_max=100), count_only=True)
     with pytest.raises(TracerdError, match="count-only"):
         probe.set_events(0, None)
+
+
+@pytest.mark.parametrize(("cpus", "max_stats", "prealloc"),
+                         [(2, 65536, True), (5, 65536, True), (64, 65536, False),
+                          (64, 4096, True)])
+def test_stats_map_preallocated_within_its_memory_budget(
+        monkeypatch: pytest.MonkeyPatch, cpus: int, max_stats: int, prealloc: bool) -> None:
+    monkeypatch.setattr(_probe, "_possible_cpus", lambda: cpus)
+    probe = _probe.Probe(_probe.Limits(pid_max=100, max_stats=max_stats))
+    assert probe.stats_prealloc() is prealloc
