@@ -43,7 +43,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _build import build_c, machine_facts  # bench/_build.py: scripts run from here
+from _build import (  # bench/_build.py: scripts run from here
+    Children,
+    build_c,
+    ensure_tool,
+    machine_facts,
+    read_loop_result,
+    syscall_hook_holders,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -91,26 +98,6 @@ def build_loop(out_dir: Path) -> Path:
 
 def loop_argv(binary: Path, rate: int, seconds: float, cpu: int, out: Path) -> list[str]:
     return [str(binary), str(rate), str(BIG), str(seconds), str(cpu), str(out)]
-
-
-@dataclass(frozen=True)
-class LoopResult:
-    calls: int
-    t0_ns: int  # CLOCK_MONOTONIC before the first call (time.monotonic_ns's clock)
-    t1_ns: int  # and after the last one
-    nr: int
-
-    @property
-    def rate(self) -> float:
-        return self.calls / max(1e-9, (self.t1_ns - self.t0_ns) / 1e9)
-
-
-def read_loop_result(path: Path) -> LoopResult:
-    try:
-        calls, t0, t1, nr = path.read_text().split()
-    except (OSError, ValueError) as e:
-        raise BenchError(f"no result from the loop in {path}: {e}") from None
-    return LoopResult(int(calls), int(t0), int(t1), int(nr))
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +247,7 @@ def worker_remote(spec: dict[str, Any]) -> dict[str, Any]:
             c.close()
         for ch in channels:
             ch.close()
-    loop = read_loop_result(out)
+    loop = read_loop_result(out, BenchError)
     return asdict(Run(
         rate=loop.rate, loop_calls=loop.calls, delivered=count.events,
         kernel_lost=count.kernel_lost, dropped=count.dropped,
@@ -290,7 +277,7 @@ def worker_local(spec: dict[str, Any]) -> dict[str, Any]:
         raise BenchError(f"the loop exited with status {outcome.status}")
     if not count.done.is_set():
         raise BenchError("run_command returned before the last batch")
-    loop = read_loop_result(Path(spec["out"]))
+    loop = read_loop_result(Path(spec["out"]), BenchError)
     return asdict(Run(
         rate=loop.rate, loop_calls=loop.calls, delivered=count.events,
         kernel_lost=count.kernel_lost, dropped=count.dropped,
@@ -309,48 +296,6 @@ def worker_main(kind: str, spec_json: str) -> int:
         return 1
     print(json.dumps(doc))
     return 0
-
-
-# --------------------------------------------------------------------------------------
-# Child processes: each in a process group of its own, killed whatever happens
-# --------------------------------------------------------------------------------------
-
-
-class Children:
-    """Process groups started by the bench; kill_all() ends what is still running."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(list(argv), start_new_session=True, **kw)
-        self._procs.append(proc)
-        return proc
-
-    def finish(self, proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
-        """Wait for ``proc`` (its output, if piped); on timeout kill its group."""
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-            raise BenchError(f"{Path(str(proc.args[0])).name}: still running after "  # type: ignore[index]
-                             f"{timeout:.0f} s, killed") from None
-        self.kill(proc)  # whatever it left in its group (nothing, normally)
-        return out or b"", err or b""
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own group: pgid == pid
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def kill_all(self) -> None:
-        for proc in list(self._procs):
-            self.kill(proc)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -386,22 +331,8 @@ class OtherLoad:
 
 
 def foreign_syscall_hooks(ours: Sequence[int]) -> list[str]:
-    """Other processes' BPF links on sys_enter/sys_exit (best effort, via fdinfo): they
-    slow every syscall down and compete for the CPUs (another tracerd, for instance)."""
-    found: set[str] = set()
-    skip = {os.getpid(), *ours}
-    for info in Path("/proc").glob("[0-9]*/fdinfo/*"):
-        pid = int(info.parts[2])
-        if pid in skip:
-            continue
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # the fd or the process went away
-        if "tp_name:\tsys_enter" in text or "tp_name:\tsys_exit" in text:
-            with contextlib.suppress(OSError):
-                found.add(f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
-    return sorted(found)
+    """Other processes' BPF links on sys_enter/sys_exit, as "pid N (comm)"."""
+    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders(ours).items())]
 
 
 class Daemon:
@@ -518,7 +449,7 @@ def run_untraced(children: Children, cfg: Config) -> PeerRun:
     load = OtherLoad()
     proc = children.popen(loop_argv(cfg.binary, 0, cfg.seconds, cfg.cpu, out))
     children.finish(proc, 60 + 5 * cfg.seconds)
-    loop = read_loop_result(out)
+    loop = read_loop_result(out, BenchError)
     return PeerRun(rate=loop.rate, events=None, lost=None,
                    wall_s=(loop.t1_ns - loop.t0_ns) / 1e9, other_cpu=load.cpus())
 
@@ -536,7 +467,7 @@ def run_strace(children: Children, cfg: Config, flags: Sequence[str]) -> PeerRun
     done_ns = time.monotonic_ns()
     if proc.returncode != 0:
         raise BenchError(f"strace exited {proc.returncode}: {err.decode(errors='replace')[-300:]}")
-    loop = read_loop_result(out)
+    loop = read_loop_result(out, BenchError)
     done_ns = last_write_ns(trace, done_ns)
     # One line per syscall; not the "+++ exited" and "--- SIG" lines.
     events = sum(1 for line in trace.open("rb")
@@ -563,7 +494,7 @@ def run_bpftrace(children: Children, cfg: Config) -> PeerRun:
     if proc.returncode != 0:
         raise BenchError(f"bpftrace exited {proc.returncode}: "
                          f"{err.decode(errors='replace').strip()[-300:]}")
-    loop = read_loop_result(out)
+    loop = read_loop_result(out, BenchError)
     done_ns = last_write_ns(trace, done_ns)
     text = trace.read_bytes()
     trace.unlink()
@@ -576,24 +507,6 @@ def _unlimited_memlock() -> None:
     # bpftrace 0.17 warns when it cannot raise RLIMIT_MEMLOCK itself.
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY,) * 2)
-
-
-def ensure_tool(name: str, package: str, install: bool) -> str | None:
-    """None if ``name`` is on PATH (installed now if allowed), else why not."""
-    if shutil.which(name):
-        return None
-    if not install:
-        return f"not installed (apt-get install -y {package})"
-    if not shutil.which("apt-get"):
-        return f"not installed, and no apt-get to install {package}"
-    log(f"installing {package} (apt-get install -y {package})")
-    res = subprocess.run(["apt-get", "install", "-y", package], capture_output=True,
-                         stdin=subprocess.DEVNULL, check=False,
-                         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if res.returncode != 0 or not shutil.which(name):
-        tail = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-        return f"apt-get install {package} failed: {tail[0]}"
-    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -850,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, _terminate)
 
     meta = machine_meta(args)
-    children = Children()
+    children = Children(BenchError)
     rows: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
     samples: dict[str, Any] = {}
@@ -917,7 +830,7 @@ def run_peers(children: Children, cfg: Config, args: argparse.Namespace
     if not runs:
         raise BenchError(f"the untraced loop failed: {err}")
     out.append(peer_row("untraced", runs, err))
-    why = ensure_tool("strace", "strace", not args.no_install)
+    why = ensure_tool("strace", "strace", not args.no_install, log)
     for tool, flags in (("strace -f -o FILE", ["-f"]),
                         ("strace -f -ttt -T -o FILE", ["-f", "-ttt", "-T"])):
         if why:
@@ -928,7 +841,7 @@ def run_peers(children: Children, cfg: Config, args: argparse.Namespace
                                   args.reps)
         out.append(peer_row(tool, runs, err))
     tool = "bpftrace (pid tid nr ret dur ts)"
-    why = ensure_tool("bpftrace", "bpftrace", not args.no_install)
+    why = ensure_tool("bpftrace", "bpftrace", not args.no_install, log)
     if why:
         out.append(peer_row(tool, None, why))
     else:

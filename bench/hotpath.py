@@ -17,22 +17,20 @@ timed run): ns per call of the loop, median, against the raw tracepoint's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _build import build_c, machine_facts
+from _build import bpf_stats_enabled, build_c, machine_facts, prog_run_stats
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 # Common declarations; pids mirrors tracerd's pid_state array, stats its per-CPU hash.
 PRELUDE = r"""
@@ -107,22 +105,6 @@ class Loop:
     cpu: int
 
 
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    old = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
-    try:
-        yield
-    finally:
-        BPF_STATS.write_text(old + "\n")
-
-
-def _run_stats(fd: int) -> tuple[int, int]:
-    fields = dict(line.split(":\t", 1) for line in
-                  Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines() if ":\t" in line)
-    return int(fields["run_time_ns"]), int(fields["run_cnt"])
-
-
 def _loop(loop: Loop, before: Any) -> float:
     """Run the getppid loop; ``before(pid)`` registers it first. Returns its ns/call."""
     proc = subprocess.Popen([str(loop.binary), "getppid", str(loop.calls), str(loop.cpu)],
@@ -150,7 +132,7 @@ def measure_variants(bcc: Any, loop: Loop, reps: int, log: Any) -> dict[str, lis
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     names = list(VARIANTS)
     try:
-        with bpf_stats():
+        with bpf_stats_enabled():
             for rep in range(reps):
                 for name in names[rep % len(names):] + names[:rep % len(names)]:
                     b = loaded[name]
@@ -161,9 +143,9 @@ def measure_variants(bcc: Any, loop: Loop, reps: int, log: Any) -> dict[str, lis
                     def track(pid: int, pids: Any = pids) -> None:
                         pids[pids.Key(pid)] = pids.Leaf(0, 0, 0, 1)
 
-                    before = _run_stats(fd)
+                    before = prog_run_stats(fd, BenchError)
                     _loop(loop, track)
-                    after = _run_stats(fd)
+                    after = prog_run_stats(fd, BenchError)
                     b.detach_raw_tracepoint(tp=b"sys_enter")
                     samples[name].append((after[0] - before[0]) / max(1, after[1] - before[1]))
                 log(f"variants: repetition {rep + 1}/{reps}")

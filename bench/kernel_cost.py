@@ -31,13 +31,20 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _build import build_c, machine_facts  # bench/_build.py: scripts run from here
+from _build import (  # bench/_build.py: scripts run from here
+    BPF_STATS,
+    bpf_stats_enabled,
+    build_c,
+    machine_facts,
+    prog_run_stats,
+    syscall_hook_holders,
+)
 
 try:
     import bcc
@@ -49,7 +56,6 @@ except ImportError as _e:
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"  # git-ignored
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 MODES = ("untraced", "floor", "tracked", "untracked")
 KINDS = ("getppid", "getpgid-esrch", "read-zero")
@@ -157,13 +163,7 @@ class Programs:
         without depending on that struct's layout or on bpftool being installed.
         """
         fd = self.bpf.funcs[b"raw_tracepoint__" + hook.encode()].fd
-        fields: dict[str, str] = {}
-        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-        if "run_time_ns" not in fields:
-            raise BenchError("this kernel's fdinfo has no run_time_ns (needs Linux >= 5.1)")
-        return int(fields["run_time_ns"]), int(fields["run_cnt"])
+        return prog_run_stats(fd, BenchError)
 
 
 @dataclass
@@ -254,17 +254,6 @@ class KernelSample:
     enter_ns: float
     exit_ns: float
     loop_share: float  # loop calls / program runs: how much of the figure is the loop's
-
-
-@contextlib.contextmanager
-def bpf_stats_enabled() -> Iterator[None]:
-    """kernel.bpf_stats_enabled=1 for the duration, restored to its previous value."""
-    old = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
-    try:
-        yield
-    finally:
-        BPF_STATS.write_text(old + "\n")
 
 
 def kernel_pass(
@@ -419,26 +408,10 @@ def render(meta: dict[str, Any], wall: list[dict[str, Any]], kern: list[dict[str
     return "\n".join(lines)
 
 
-def foreign_syscall_hooks() -> list[str]:
-    """Other processes' BPF links on sys_enter/sys_exit (best effort, via fdinfo).
-
-    Anyone else on these hooks puts every syscall on the slow path and runs their
-    programs in our loop, which would make untraced look like floor.
-    """
-    me = os.getpid()
-    found: set[str] = set()
-    for info in Path("/proc").glob("[0-9]*/fdinfo/*"):
-        pid = int(info.parts[2])
-        if pid == me:
-            continue
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # the fd or the process went away
-        if "tp_name:\tsys_enter" in text or "tp_name:\tsys_exit" in text:
-            with contextlib.suppress(OSError):
-                found.add(f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
-    return sorted(found)
+def _hook_holders() -> list[str]:
+    # Anyone else on these hooks runs their programs in our loop: untraced would look
+    # like floor.
+    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders().items())]
 
 
 def machine_meta(reps: int, kernel_reps: int, calls: int, cpu: int) -> dict[str, Any]:
@@ -532,12 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # closes whatever is attached at that moment, error or not.
             bench = Bench(binary, args.cpu, floor, tracerd, probe, session.pid)
 
-            foreign = foreign_syscall_hooks()
+            foreign = _hook_holders()
             if foreign:
                 warnings.append(f"other BPF programs on the syscall hooks: {', '.join(foreign)}")
             wall_samples = wall_pass(bench, args.reps, args.calls, log)
             kern_samples = kernel_pass(bench, args.kernel_reps, args.calls, log)
-            foreign_after = sorted(set(foreign_syscall_hooks()) - set(foreign))
+            foreign_after = sorted(set(_hook_holders()) - set(foreign))
             if foreign_after:
                 warnings.append(f"appeared during the run: {', '.join(foreign_after)}")
     except BenchError as e:
