@@ -377,7 +377,12 @@ static __always_inline void event_exit(__u32 tgid, __u32 tid, __u64 start, __u64
 /* Is the call being entered a 32-bit compat call? Asked once per exec generation and
  * cached in g->tracked (PS_ABI_*): every call of an image has the same ABI, except in the
  * rare 64-bit program that also enters the kernel through int 0x80 (those calls are then
- * counted under the ABI of the image's first call: a known limitation). */
+ * counted under the ABI of the image's first call: a known limitation).
+ * Known race: this read-modify-write of g->tracked (and the reset at exec) can undo an
+ * untrack() by user space that lands between its read and its write, on the first call
+ * of a generation only; the process then stays tracked until it exits. An atomic OR on
+ * the 32-bit (nr, tracked) word, with every tracked test masking PS_TRACKED, would close
+ * it. */
 static __always_inline __u32 compat_bit(struct pid_state *g, struct pt_regs *regs)
 {
 	__u16 flags = g->tracked;
@@ -485,9 +490,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 }
 #else
 /* Count-only: one lookup and one increment per call, at entry, so calls that never
- * return (exit_group) are counted with no help from sched_process_exit. An execve
- * is counted under the generation it was entered in (the full mode counts it under
- * the new one, when it returns). */
+ * return (exit_group) are counted with no help from sched_process_exit. An execve is
+ * counted under the generation it was entered in, then moved to the new one by
+ * sched_process_exec if it succeeds (where the full mode counts it, at its return). */
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
 	__u64 id = bpf_get_current_pid_tgid();
