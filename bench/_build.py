@@ -105,6 +105,11 @@ def syscall_hook_holders(skip: Iterable[int] = ()) -> dict[int, str]:
     return found
 
 
+def foreign_syscall_hooks(skip: Iterable[int] = ()) -> list[str]:
+    """syscall_hook_holders() as sorted "pid N (comm)" strings, for warnings."""
+    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders(skip).items())]
+
+
 def ensure_tool(name: str, package: str, install: bool,
                 log: Callable[[str], None]) -> str | None:
     """None if ``name`` is on PATH (installed now with apt-get if allowed), else why not."""
@@ -181,6 +186,15 @@ class Children:
             raise self._error(f"{name}: still running after {timeout:.0f} s, killed") from None
         self.kill(proc)  # whatever it left in its group (nothing, normally)
         return out or b"", err or b""
+
+    def terminate(self, proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+        """SIGTERM ``proc`` (a daemon: let it clean up), give it ``grace`` seconds, then
+        kill whatever is left of its group."""
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        self.kill(proc)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -53,9 +53,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from _build import (  # bench/_build.py: scripts run from here
     Children,
     build_c,
+    foreign_syscall_hooks,
     machine_facts,
     read_loop_result,
-    syscall_hook_holders,
 )
 
 if TYPE_CHECKING:  # the bench process imports tracerd (grpc) only once it runs
@@ -153,11 +153,6 @@ def own_cpu_s(children: Children) -> float:
             + sum(cpu_seconds(p) for p in children.live_pids()))
 
 
-def foreign_syscall_hooks(ours: Iterable[int]) -> list[str]:
-    """Other processes' BPF links on sys_enter/sys_exit, as "pid N (comm)"."""
-    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders(ours).items())]
-
-
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text exposition as {'name{labels}': value}; comments skipped."""
     out: dict[str, float] = {}
@@ -237,11 +232,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        self.children.kill(self.proc)
+        self.children.terminate(self.proc)
 
 
 @dataclass(frozen=True)
@@ -295,6 +286,13 @@ class Window:
     @property
     def drain_interval_ms(self) -> float:
         return 1e3 * self.seconds / self.drains if self.drains > 0 else math.nan
+
+
+def _busy_note(win: Window) -> str:
+    """A progress-line suffix when other processes were busy during the window."""
+    if win.other_cpus > OTHER_LOAD_WARN:
+        return f"  (other processes: {win.other_cpus:.2f} CPUs)"
+    return ""
 
 
 def window_between(a: Sample, b: Sample) -> Window:
@@ -707,8 +705,7 @@ def phase_fanout(children: Children, daemon: Daemon, client: Client, cfg: Cfg
                 log(f"fan-out rep {rep + 1}/{cfg.reps}, {n} watchers: daemon "
                     f"{win.cpu_pct:.2f} %, {run['updates_per_s']:.1f} updates/s, per client "
                     f"{run['per_client_median_hz']:.2f} Hz"
-                    + (f"  (other processes: {win.other_cpus:.2f} CPUs)"
-                       if win.other_cpus > OTHER_LOAD_WARN else ""))
+                    + _busy_note(win))
         if loop.poll() is not None:
             raise BenchError(f"the fan-out loop exited early ({loop.returncode})")
     finally:
@@ -903,8 +900,7 @@ def phase_scaling(children: Children, daemon: Daemon, client: Client, cfg: Cfg, 
                 log(f"{dim} rep {rep + 1}/{cfg.reps}, n={n:,}: {run['ns_median']:.1f} ns/call, "
                     f"drain {win.drain_ms:.2f} ms every {win.drain_interval_ms:.0f} ms, daemon "
                     f"{win.cpu_pct:.2f} % (set-up {run['setup_s']:.1f} s)"
-                    + (f"  (other processes: {win.other_cpus:.2f} CPUs)"
-                       if win.other_cpus > OTHER_LOAD_WARN else ""))
+                    + _busy_note(win))
     finally:
         for sl in sleepers.values():
             sl.kill()

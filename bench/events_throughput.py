@@ -47,9 +47,9 @@ from _build import (  # bench/_build.py: scripts run from here
     Children,
     build_c,
     ensure_tool,
+    foreign_syscall_hooks,
     machine_facts,
     read_loop_result,
-    syscall_hook_holders,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -330,11 +330,6 @@ class OtherLoad:
         return max(0.0, (_busy_s() - self.busy0) - (self._ours() - self.ours0)) / dt_s
 
 
-def foreign_syscall_hooks(ours: Sequence[int]) -> list[str]:
-    """Other processes' BPF links on sys_enter/sys_exit, as "pid N (comm)"."""
-    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders(ours).items())]
-
-
 class Daemon:
     """``tracerd serve`` on a Unix socket in a temporary directory."""
 
@@ -371,11 +366,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        self.children.kill(self.proc)
+        self.children.terminate(self.proc)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,9 +41,9 @@ from _build import (  # bench/_build.py: scripts run from here
     BPF_STATS,
     bpf_stats_enabled,
     build_c,
+    foreign_syscall_hooks,
     machine_facts,
     prog_run_stats,
-    syscall_hook_holders,
 )
 
 try:
@@ -408,12 +408,6 @@ def render(meta: dict[str, Any], wall: list[dict[str, Any]], kern: list[dict[str
     return "\n".join(lines)
 
 
-def _hook_holders() -> list[str]:
-    # Anyone else on these hooks runs their programs in our loop: untraced would look
-    # like floor.
-    return [f"pid {pid} ({comm})" for pid, comm in sorted(syscall_hook_holders().items())]
-
-
 def machine_meta(reps: int, kernel_reps: int, calls: int, cpu: int) -> dict[str, Any]:
     return {
         **machine_facts(cpu),
@@ -505,12 +499,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # closes whatever is attached at that moment, error or not.
             bench = Bench(binary, args.cpu, floor, tracerd, probe, session.pid)
 
-            foreign = _hook_holders()
+            foreign = foreign_syscall_hooks()
             if foreign:
                 warnings.append(f"other BPF programs on the syscall hooks: {', '.join(foreign)}")
             wall_samples = wall_pass(bench, args.reps, args.calls, log)
             kern_samples = kernel_pass(bench, args.kernel_reps, args.calls, log)
-            foreign_after = sorted(set(_hook_holders()) - set(foreign))
+            foreign_after = sorted(set(foreign_syscall_hooks()) - set(foreign))
             if foreign_after:
                 warnings.append(f"appeared during the run: {', '.join(foreign_after)}")
     except BenchError as e:

@@ -86,6 +86,18 @@ class TableError(ValueError):
     """A .tbl file is malformed or maps a number or a name twice for one ABI set."""
 
 
+def _add(names: dict[int, str], numbers: dict[str, int], nr: int, name: str,
+         where: str) -> None:
+    # Duplicates would make number <-> name ambiguous; the kernel build rejects them
+    # too, so one here means the ABI set is wrong, not that the table is.
+    if nr in names:
+        raise TableError(f"{where}: number {nr} already maps to {names[nr]!r}")
+    if name in numbers:
+        raise TableError(f"{where}: name {name!r} already has number {numbers[name]}")
+    names[nr] = name
+    numbers[name] = nr
+
+
 def parse_tbl(text: str, abis: frozenset[str], source: str = "<tbl>") -> dict[int, str]:
     """Return {number: name} for the rows of a kernel syscall table whose ABI is in ``abis``.
 
@@ -111,14 +123,7 @@ def parse_tbl(text: str, abis: frozenset[str], source: str = "<tbl>") -> dict[in
             raise TableError(f"{where}: bad syscall number {nr_text!r}") from None
         if abi not in abis:
             continue
-        # Duplicates would make number <-> name ambiguous; the kernel build rejects them
-        # too, so one here means the ABI set is wrong, not that the table is.
-        if nr in names:
-            raise TableError(f"{where}: number {nr} already maps to {names[nr]!r}")
-        if name in numbers:
-            raise TableError(f"{where}: name {name!r} already has number {numbers[name]}")
-        names[nr] = name
-        numbers[name] = nr
+        _add(names, numbers, nr, name, where)
     if not names:
         raise TableError(f"{source}: no rows with ABI in {sorted(abis)}")
     return dict(sorted(names.items()))
@@ -137,14 +142,7 @@ def parse_unistd(text: str, source: str = "<header>") -> dict[int, str]:
         m = _DEFINE.match(line)
         if m is None or in_kernel_block:
             continue
-        name, nr = m.group(1), int(m.group(2))
-        where = f"{source}:{lineno}"
-        if nr in names:
-            raise TableError(f"{where}: number {nr} already maps to {names[nr]!r}")
-        if name in numbers:
-            raise TableError(f"{where}: name {name!r} already has number {numbers[name]}")
-        names[nr] = name
-        numbers[name] = nr
+        _add(names, numbers, int(m.group(2)), m.group(1), f"{source}:{lineno}")
     if not names:
         raise TableError(f"{source}: no '#define __NR_<name> <number>' lines")
     return dict(sorted(names.items()))

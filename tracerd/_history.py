@@ -488,20 +488,11 @@ class History(Generic[T]):
         """
         if limit < 0:
             raise ValueError(f"limit must not be negative, not {limit}")
-        where: builtins.list[str] = []
-        args: builtins.list[object] = []
-        if since_unix_ns is not None:
-            where.append("end_unix_ns >= ?")
-            args.append(since_unix_ns)
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if rule is not None:
-            where.append("rule = ?")
-            args.append(rule)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
+        given = [(clause, value) for clause, value in (
+            ("end_unix_ns >= ?", since_unix_ns), ("owner = ?", owner), ("rule = ?", rule),
+            ("state = ?", state)) if value is not None]
+        where = [clause for clause, _ in given]
+        args: builtins.list[object] = [value for _, value in given]
         columns = _COLUMNS if reports else _SUMMARY_COLUMNS
         sql = f"SELECT {columns} FROM sessions"
         if where:

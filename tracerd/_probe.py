@@ -487,7 +487,7 @@ class Probe:
         except Exception as e:  # BCC raises bare Exception for compile/load/attach
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BpfUnusable(f"cannot load the BPF programs: {first}") from None
-        self._ncpus = len(bcc.utils.get_possible_cpus())
+        self._ncpus = _possible_cpus()  # as the map was sized in stats_prealloc
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         try:
             from . import _strace  # noqa: PLC0415 - the signature tables, only when loading
