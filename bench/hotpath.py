@@ -45,6 +45,7 @@ BPF_F_TABLE("percpu_hash", __u64, struct val, stats8, 65536, BPF_F_NO_PREALLOC);
 BPF_HASH(shared, struct key, struct val, 65536);
 BPF_PERCPU_ARRAY(dense, struct val, 4 * 512);
 BPF_ARRAY(dense_shared, struct val, 4 * 512);
+BPF_ARRAY(blocks, struct val, 16 * 4 * 512);
 """
 # The tracked test every counting variant starts with (tracerd's, verbatim in spirit).
 TRACKED = ("__u64 id = bpf_get_current_pid_tgid(); __u32 tgid = id >> 32; "
@@ -69,7 +70,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "start_in_hash": ("tracked test + entry time in a hash by tid (syscount -L's way)",
                       TRACKED + "__u32 tid = id; __u64 t = bpf_ktime_get_ns(); "
                       "starts.update(&tid, &t); return 0;"),
-    "percpu_hash": ("tracked test + per-CPU hash (tgid, nr, gen) counter: tracerd's",
+    "percpu_hash": ("tracked test + per-CPU hash (tgid, nr, gen) counter: tracerd's fall-back",
                     TRACKED + NR + "struct key k = {.tgid = tgid, .nr = nr}; "
                     "struct val *s = stats.lookup(&k); if (!s) { struct val z = {}; "
                     "stats.insert(&k, &z); return 0; } s->calls++; return 0;"),
@@ -89,6 +90,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
                      TRACKED + NR + "__u32 i = nr + 512; "
                      "struct val *s = dense_shared.lookup(&i); "
                      "if (s) __sync_fetch_and_add(&s->calls, 1); return 0;"),
+    "cpu_block_array": ("tracked test + array [cpu][block][nr] counter: tracerd's blocks",
+                        TRACKED + NR + "__u32 i = ((bpf_get_smp_processor_id() & 15) * 4 + 1)"
+                        " * 512 + nr; struct val *s = blocks.lookup(&i); "
+                        "if (s) s->calls++; return 0;"),
 }
 
 

@@ -10,7 +10,9 @@
  *  - entry times live in the same array, indexed by tid: no hash update and
  *    delete per syscall, no per-thread state that outlives its thread;
  *  - counters are per-CPU: plain increments, no atomics, no cache-line bouncing
- *    between the threads of one process on different CPUs.
+ *    between the threads of one process on different CPUs;
+ *  - a tracked process's counters are in its block (see MAX_BLOCKS), an array indexed
+ *    by CPU, block and number: no hashing; the stats hash is the fall-back.
  */
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/sched.h> /* CLONE_THREAD; the uapi header keeps compile time low */
@@ -19,6 +21,11 @@
 BPF_ARRAY(pids, struct pid_state, PID_MAX);
 BPF_F_TABLE("percpu_hash", struct stats_key, struct stats_val, stats, MAX_STATS, STATS_MAP_FLAGS);
 BPF_PERCPU_ARRAY(counters, __u64, NR_COUNTERS);
+/* Counter blocks (see MAX_BLOCKS): value [cpu][block - 1][nr]. Each CPU's copy of the
+ * array is one contiguous run, so CPUs share a cache line only at its two ends. */
+BPF_F_TABLE("array", __u32, struct stats_val, blocks, BLOCK_ENTRIES, BLOCK_MAP_FLAGS);
+BPF_F_TABLE("array", __u32, __u64, block_owner, MAX_BLOCKS + 1, BLOCK_MAP_FLAGS);
+BPF_QUEUE(free_blocks, __u32, MAX_BLOCKS ? MAX_BLOCKS : 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_ARRAY(limits, struct limit, MAX_LIMITS);
 BPF_ARRAY(limit_of, __u32, PID_MAX);
@@ -93,6 +100,35 @@ static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr, __u32 
 	if (!s)
 		count_drop(C_STATS_FULL);
 	return s;
+}
+
+/* The counters of (tgid, nr, gen): in the process's block when it has one and nr fits,
+ * else in the stats hash. The CPU id is the index of the per-CPU copy: programs run
+ * with migration off, so it stays this CPU's for the whole update. */
+static __always_inline struct stats_val *counter(__u32 block, __u32 tgid, __u32 nr,
+						 __u32 gen)
+{
+	if (MAX_BLOCKS && block && nr < BLOCK_NRS) {
+		__u32 idx = (bpf_get_smp_processor_id() * MAX_BLOCKS + block - 1) * BLOCK_NRS + nr;
+		struct stats_val *s = blocks.lookup(&idx);
+		if (s) /* out of range only if user space wrote a bad block number */
+			return s;
+	}
+	return stats_slot(tgid, nr, gen);
+}
+
+/* A free counter block for (tgid, gen), its owner recorded; 0 when none is left (the
+ * generation is then counted in the stats hash, which is slower, not less exact). */
+static __always_inline __u32 new_block(__u32 tgid, __u32 gen)
+{
+	__u32 b = 0;
+	if (!MAX_BLOCKS || free_blocks.pop(&b))
+		return 0;
+	__u64 *owner = block_owner.lookup(&b);
+	if (!owner)
+		return 0; /* not a block number: user space pushed a bad one */
+	*owner = (__u64)gen << 32 | tgid;
+	return b;
 }
 
 /* Argument i (0..5) of the syscall being entered, from the saved user registers. */
@@ -482,7 +518,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	}
 	if (nr == NR_MMAP || nr == NR_BRK || nr == NR_MREMAP) {
 		__u64 bytes = requested_bytes(regs, nr);
-		struct stats_val *s = bytes ? stats_slot(tgid, nr, g->gen) : 0;
+		struct stats_val *s = bytes ? counter(g->block, tgid, nr, g->gen) : 0;
 		if (s)
 			s->alloc_bytes += bytes;
 	}
@@ -505,7 +541,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	__u32 *lim = limit_of.lookup(&tgid);
 	if (lim && *lim)
 		enforce(*lim - 1, nr);
-	struct stats_val *s = stats_slot(tgid, nr, g->gen);
+	struct stats_val *s = counter(g->block, tgid, nr, g->gen);
 	if (!s)
 		return 0;
 	s->calls++;
@@ -550,7 +586,7 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	if (event)
 		event_exit(tgid, tid, start, end, ret, 0);
 
-	struct stats_val *s = stats_slot(tgid, nr, g->gen);
+	struct stats_val *s = counter(g->block, tgid, nr, g->gen);
 	if (!s)
 		return 0;
 	s->calls++;
@@ -591,6 +627,8 @@ TRACEPOINT_PROBE(task, task_newtask)
 	c->nr = 0;
 	c->gen = 0;
 	c->tracked = g ? g->tracked : 0;
+	c->block = g ? new_block(child, 0) : 0;
+	c->_pad = 0;
 	/* A tracked parent's limit goes to its child (user space takes it back if the
 	 * child is not the limiting session's); anyone else's slot is cleared. */
 	__u32 *plim = g ? limit_of.lookup(&tgid) : 0;
@@ -633,11 +671,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		 * counted, every syscall after it is. */
 		g->tracked = 1;
 		g->start_ns = 0;
+		g->block = 0;
 		limit_of.update(&tgid, code);
 	}
 	/* A new generation: the in-flight execve and everything after it are counted
-	 * under it (the execve of an already tracked process included). */
+	 * under it (the execve of an already tracked process included), in a block of its
+	 * own. The old generation's block stays the old generation's: user space retires it
+	 * when it reads this EV_EXEC (no thread can count in it any more: exec killed the
+	 * other threads before this tracepoint). */
+	__u32 old_block = g->block;
 	g->gen++;
+	g->block = new_block(tgid, g->gen);
 	g->tracked = PS_TRACKED; /* a new image: its ABI is found at its first call */
 	__u32 old = args->old_pid;
 	if (old != tgid) {
@@ -664,8 +708,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	 * decrement may be on another CPU than the increment (exec balances CPUs): the
 	 * per-CPU value wraps below zero and user space sums modulo 2^64. */
 	if (g->start_ns) {
-		struct stats_val *from = stats_slot(tgid, g->nr, (__u32)(g->start_ns - 1));
-		struct stats_val *to = from ? stats_slot(tgid, g->nr, g->gen) : 0;
+		struct stats_val *from = counter(old_block, tgid, g->nr, (__u32)(g->start_ns - 1));
+		struct stats_val *to = from ? counter(g->block, tgid, g->nr, g->gen) : 0;
 		if (to) {
 			from->calls--;
 			to->calls++;
@@ -723,7 +767,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		/* Count-only: every call was counted at entry; start_ns marks an execve. */
 		if (!COUNT_ONLY && t->start_ns) {
 			/* The call this thread is in will never return: count it, untimed. */
-			struct stats_val *s = stats_slot(tgid, t->nr & ~NR_EVENT_BIT, g->gen);
+			struct stats_val *s = counter(g->block, tgid, t->nr & ~NR_EVENT_BIT, g->gen);
 			if (s)
 				s->calls++;
 			if (t->nr & NR_EVENT_BIT)
@@ -747,6 +791,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	if (group_dead && g) {
 		g->tracked = 0;
 		g->gen = 0;
+		g->block = 0; /* freed by user space, once it has read it */
 		__u32 none = 0;
 		limit_of.update(&tgid, &none);
 	}

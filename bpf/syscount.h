@@ -28,6 +28,26 @@
 #define STATS_MAP_FLAGS 0
 #endif
 
+/* Counter blocks: one process generation's counters for every native syscall number
+ * below BLOCK_NRS, one copy per CPU, in an array (see struct pid_state.block). A call
+ * counted in a block costs the CPU id (a helper the verifier inlines on x86-64 from 6.10)
+ * and an inlined array lookup where the stats hash costs a hashed lookup (a few ns
+ * against ~60 on the reference VM, bench/hotpath.py). Blocks are few (the
+ * array is allocated whole at load: MAX_BLOCKS x BLOCK_NRS x CPU_SLOTS values); processes
+ * beyond them, compat calls and numbers >= BLOCK_NRS are counted in the stats hash.
+ * MAX_BLOCKS 0: no blocks. CPU_SLOTS: highest possible CPU id + 1. */
+#ifndef MAX_BLOCKS
+#define MAX_BLOCKS 0
+#endif
+#ifndef CPU_SLOTS
+#define CPU_SLOTS 1
+#endif
+#define BLOCK_NRS 512
+#define BLOCK_ENTRIES (MAX_BLOCKS ? MAX_BLOCKS * BLOCK_NRS * CPU_SLOTS : 1)
+/* The array's map_flags: BPF_F_MMAPABLE, so user space reads the counters where they
+ * are, with no copy and no syscall per drain. */
+#define BLOCK_MAP_FLAGS (1U << 10)
+
 /* Pages of the lifecycle ring buffer (power of two). */
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 64
@@ -151,7 +171,14 @@ struct pid_state {
 	__u32 gen;      /* on a tgid's slot: exec generation, +1 at each exec while tracked */
 	__u16 nr;       /* syscall number seen at sys_enter (| COMPAT_BIT, | NR_EVENT_BIT) */
 	__u16 tracked;  /* on a tgid's slot: non-zero when the process is tracked (PS_*) */
+	__u32 block;    /* on a tgid's slot: its counter block for this gen, 1..MAX_BLOCKS;
+			 * 0: none, every call goes to the stats hash */
+	__u32 _pad;
 };
+/* block_owner[b]: whose counters block b holds, tgid | gen << 32 (0: free), written in
+ * one store when the block is taken, by whoever takes it (the kernel at fork and exec,
+ * user space at track()). Only user space frees a block: it reads it a last time, zeroes
+ * it, clears its owner and pushes it back on free_blocks. */
 /* Bits of pid_state.tracked. The ABI bits cache, per exec generation, whether the image
  * makes compat calls: found at its first syscall, which costs two helper calls. */
 #define PS_TRACKED 1

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, _cli_daemon, _cli_golden, _top, syscalls
 from ._aggregate import filter_report
-from ._cli_daemon import positive_float, positive_int
+from ._cli_daemon import non_negative_int, positive_float, positive_int
 from ._errors import (
     EXIT_BUDGET_FAILED,
     EXIT_USAGE,
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "times, events, budgets or golden files), like syscount")
     run.add_argument("--max-stats", type=positive_int, metavar="N",
                      help="size of the kernel's (process, syscall) map (default 65536)")
+    run.add_argument("--max-blocks", type=non_negative_int, metavar="N",
+                     help="counter blocks: processes counted by the fast path at once; the "
+                          "rest go to the map (0: none; default: as many as 64 MiB holds)")
     run.add_argument("--save-golden", metavar="FILE",
                      help="also write this run as a golden file (a one-run baseline)")
     run.add_argument("--against", metavar="FILE",
@@ -150,10 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resolve_command(command[0])  # fail before spending time loading BPF
     arch = syscalls.current_arch()
     keep = _cli_daemon.syscall_filter(args.syscalls, arch)
-    if args.remote is not None and (args.pid is not None or args.max_stats):
+    if args.remote is not None and (args.pid is not None or args.max_stats
+                                    or args.max_blocks is not None):
         raise TracerdError("--remote runs a command through the daemon: it cannot be "
-                           "combined with -p or --max-stats", EXIT_USAGE)
+                           "combined with -p, --max-stats or --max-blocks", EXIT_USAGE)
     overrides = {"max_stats": args.max_stats} if args.max_stats else {}
+    if args.max_blocks is not None:
+        overrides["max_blocks"] = args.max_blocks
     with _cli_golden.output(args.output) as out:
         writer = flt = None
         if args.events:

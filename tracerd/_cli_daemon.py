@@ -19,6 +19,7 @@ from ._config import (
     DEFAULT_CONFIG,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
+    KERNEL_LIMITS,
     DaemonConfig,
     check_kernel_limits,
     check_metrics_address,
@@ -129,6 +130,9 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--max-tracked-pids", type=int, metavar="N")
     p.add_argument("--max-stats", type=positive_int, metavar="N",
                    help="entries of the kernel's (process, syscall) counter map")
+    p.add_argument("--max-blocks", type=non_negative_int, metavar="N",
+                   help="counter blocks: processes counted by the fast path at once "
+                        "(0: none; default: as many as 64 MiB holds)")
     p.add_argument("--ringbuf-pages", type=positive_int, metavar="N",
                    help="pages of the kernel's lifecycle event ring (a power of 2)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
@@ -162,7 +166,7 @@ def _serve_config(args: argparse.Namespace) -> DaemonConfig:
         if v <= 0:
             raise TracerdError(f"--{k.replace('_', '-')}: must be > 0", EXIT_USAGE)
     cfg.limits = replace(cfg.limits, **changes)
-    for key in ("max_stats", "ringbuf_pages"):
+    for key in KERNEL_LIMITS:
         if getattr(args, key) is not None:
             cfg.kernel_limits[key] = getattr(args, key)
     try:

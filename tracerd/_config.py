@@ -16,6 +16,7 @@ Config file (TOML, every key optional; command-line flags override it)::
     [limits]
     max_sessions = 64                      # and the other HubLimits fields, max_message_bytes
     max_stats = 65536                      # kernel: (process, syscall) counters
+    max_blocks = 256                       # kernel: counter blocks (0: none); unset: by memory
     ringbuf_pages = 64                     # kernel: lifecycle event ring (a power of 2)
     [history]
     max_age_days = 30                      # finished sessions older than this are deleted
@@ -110,7 +111,7 @@ class DaemonConfig:
     log_level: str = "info"
     limits: HubLimits = field(default_factory=HubLimits)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
-    #: kernel map sizes (tracerd._probe.Limits): max_stats, ringbuf_pages; unset: defaults
+    #: kernel map sizes (tracerd._probe.Limits): KERNEL_LIMITS; unset: defaults
     kernel_limits: dict[str, int] = field(default_factory=dict)
     state_dir: str = DEFAULT_STATE_DIR
     metrics: str | None = None  #: HOST:PORT of the Prometheus endpoint
@@ -197,7 +198,9 @@ def load_config(path: str) -> DaemonConfig:
 
 
 #: [limits] keys that size kernel maps (tracerd._probe.Limits), not the hub's limits
-KERNEL_LIMITS = ("max_stats", "ringbuf_pages")
+KERNEL_LIMITS = ("max_stats", "ringbuf_pages", "max_blocks")
+#: counter blocks: one process generation's counters per block (see syscount.h)
+MAX_BLOCKS_LIMIT = 65536
 
 
 def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
@@ -206,7 +209,9 @@ def _limits(path: str, data: dict[str, Any], base: HubLimits, max_msg: int,
     changes: dict[str, int] = {}
     for key, value in data.items():
         v = _check(path, "limits.", key, value, int)
-        if v <= 0:
+        if key == "max_blocks" and v < 0:  # 0 blocks: every count in the stats map
+            raise BadInput(f"{path}: limits.{key}: must be >= 0, got {v}")
+        if v <= 0 and key != "max_blocks":
             raise BadInput(f"{path}: limits.{key}: must be > 0, got {v}")
         if key == "max_message_bytes":
             if v > 2**31 - 1:  # a C int in grpc's channel arguments
@@ -231,6 +236,9 @@ def check_kernel_limits(kernel: dict[str, int], where: str) -> None:
     pages = kernel.get("ringbuf_pages", 1)
     if pages & (pages - 1):
         raise BadInput(f"{where}ringbuf_pages: a power of 2, got {pages}")
+    if kernel.get("max_blocks", 0) > MAX_BLOCKS_LIMIT:
+        raise BadInput(f"{where}max_blocks: at most {MAX_BLOCKS_LIMIT}, "
+                       f"got {kernel['max_blocks']}")
 
 
 def check_metrics_address(addr: str, what: str) -> None:

@@ -15,14 +15,23 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 from . import _btf
-from ._errors import BccMissing, BpfUnusable, HeadersMissing, NoPrivilege, TracerdError
+from ._errors import (
+    EXIT_USAGE,
+    BccMissing,
+    BpfUnusable,
+    HeadersMissing,
+    NoPrivilege,
+    TracerdError,
+)
 from .model import (
+    EV_EXEC,
     HIST_BUCKETS,
     LIMIT_RULES,
     ArgKind,
@@ -37,6 +46,11 @@ _U64 = (1 << 64) - 1
 #: Kernel memory the stats map may take up front (Probe.stats_prealloc): 65,536 entries on
 #: up to 5 CPUs.
 STATS_PREALLOC_BYTES = 64 << 20
+#: Kernel memory the counter blocks may take (Probe.block_count): 390 blocks on 2 CPUs.
+BLOCK_BUDGET_BYTES = 64 << 20
+#: At most this many blocks whatever the budget: the drain reads every block in use.
+MAX_BLOCKS_CAP = 1024
+BLOCK_NRS = 512  # syscall numbers a block covers (BLOCK_NRS in syscount.h)
 
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -46,7 +60,7 @@ _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 # against the layout BCC compiled.
 class PidState(ct.Structure):
     _fields_ = [("start_ns", ct.c_uint64), ("gen", ct.c_uint32), ("nr", ct.c_uint16),
-                ("tracked", ct.c_uint16)]
+                ("tracked", ct.c_uint16), ("block", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
 class StatsKey(ct.Structure):
@@ -239,6 +253,7 @@ _EVF_RULE_MATCHED = 1
 MAP_LAYOUTS: dict[str, tuple[type[ct.Structure] | None, type[ct.Structure] | None]] = {
     "pids": (None, PidState),
     "stats": (StatsKey, StatsVal),
+    "blocks": (None, StatsVal),
     "limits": (None, Limit),
     "ev_filters": (None, EvFilter),
     "ev_decode": (None, EvDecode),
@@ -262,6 +277,9 @@ class Limits:
     max_rules: int = 1024
     max_limits: int = 64  #: session slots: sessions with a kill budget or events, at once
     ev_ringbuf_pages: int = 2048  #: per-syscall event ring buffer (8 MiB of 4 KiB pages)
+    #: counter blocks (MAX_BLOCKS in syscount.h); None: as many as BLOCK_BUDGET_BYTES
+    #: holds on this machine's CPUs, at most MAX_BLOCKS_CAP
+    max_blocks: int | None = None
 
     @classmethod
     def for_this_kernel(cls, **overrides: int) -> Limits:
@@ -376,17 +394,31 @@ def _offset(struct: str, member: str) -> int:
         return -1  # the measure that needs it is then off (documented in syscount.h)
 
 
-def _possible_cpus() -> int:
-    """CPUs per-CPU maps are sized for (possible, not just online), e.g. "0-1,4-7" -> 6."""
+_POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
+
+
+def _possible_cpu_ids() -> list[int]:
+    """The kernel's possible CPU ids, e.g. "0-1,4-7" -> [0, 1, 4, 5, 6, 7]."""
     try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        text = _POSSIBLE_CPUS.read_text().strip()
     except OSError:
-        return os.cpu_count() or 1
-    n = 0
+        return list(range(os.cpu_count() or 1))
+    ids: list[int] = []
     for part in filter(None, text.split(",")):
         lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
+        ids += range(int(lo), int(hi or lo) + 1)
+    return ids
+
+
+def _possible_cpus() -> int:
+    """CPUs per-CPU maps are sized for (possible, not just online)."""
+    return len(_possible_cpu_ids())
+
+
+def _cpu_slots() -> int:
+    """Highest possible CPU id + 1: the per-CPU copies of the counter blocks are indexed
+    by CPU id, and ids can have holes ("0-1,4-7" needs 8 copies, not 6)."""
+    return max(_possible_cpu_ids()) + 1
 
 
 def _thread_status_offset() -> int:
@@ -429,6 +461,194 @@ def _sum_gens(by_gen: dict[tuple[int, int, int], SyscallStats]
     return out
 
 
+_VAL_WORDS = ct.sizeof(StatsVal) // 8
+_CALLS_WORD = StatsVal.calls.offset // 8
+_ALLOC_WORD = StatsVal.alloc_bytes.offset // 8
+StatsKeyT = tuple[int, int, int]  # (tgid, gen, nr)
+
+
+def _merge(into: dict[StatsKeyT, SyscallStats], more: dict[StatsKeyT, SyscallStats]) -> None:
+    for key, st in more.items():
+        if key in into:
+            into[key].add(st)
+            into[key].calls &= _U64  # modulo 2^64, as in _sum_cpus
+        else:
+            into[key] = st
+
+
+class _Blocks:
+    """User space's side of the counter blocks (MAX_BLOCKS in syscount.h): both arrays
+    mapped into this process, the free list, and the final counts of blocks retired
+    when their generation ended with an exec (kept until the process is deleted).
+
+    Thread-safe: the drain polls events (and retires blocks) outside the hub's lock while
+    a request may be tracking a process or reading the counters under it.
+
+    ``live_block(tgid)``: the block the kernel counts that process in now (0: none, or
+    not tracked). Such a block is never freed: it belongs to a process that is not the
+    one being deleted (a new process with a reused pid, a stray tracked again by an exec
+    rule) or to a generation user space has not seen start (track() racing an exec).
+    """
+
+    def __init__(self, bpf: Any, count: int, cpu_slots: int,
+                 live_block: Callable[[int], int]) -> None:
+        self.count, self.cpu_slots = count, cpu_slots
+        self._live_block = live_block
+        self._queue = bpf[b"free_blocks"]
+        self._span = BLOCK_NRS * _VAL_WORDS  # u64 words of one block on one CPU
+        self._vals_mm = self._map(bpf[b"blocks"], count * BLOCK_NRS * cpu_slots
+                                  * ct.sizeof(StatsVal))
+        self._owners_mm = self._map(bpf[b"block_owner"], (count + 1) * 8)
+        self._vals = memoryview(self._vals_mm).cast("Q")
+        self._owners = memoryview(self._owners_mm).cast("Q")
+        self._zero = bytes(self._span * 8)
+        self._retired: dict[StatsKeyT, SyscallStats] = {}
+        #: block -> (owner, calls and bytes columns, counts, settled) of its last decode.
+        #: Every write to an entry moves its calls or its bytes, but a program writes
+        #: calls before the other fields, so a decode may catch an update half done: the
+        #: first pass that finds the columns unchanged decodes once more (the writer has
+        #: long finished) and marks it settled; from then on, until the columns move, an
+        #: idle process costs two strided reads and no decode. Final reads never use it.
+        self._cache: dict[int, tuple[int, list[list[int]], dict[int, SyscallStats], bool]] = {}
+        self._closed = False
+        self._lock = threading.Lock()
+        for b in range(1, count + 1):
+            self._queue.push(ct.c_uint32(b))
+
+    @staticmethod
+    def _map(table: Any, length: int) -> mmap.mmap:
+        return mmap.mmap(table.map_fd, length, mmap.MAP_SHARED,
+                         mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def close(self) -> None:
+        with self._lock:  # not while the drain thread is reading
+            self._closed = True
+            self._vals.release()
+            self._owners.release()
+            self._vals_mm.close()
+            self._owners_mm.close()
+
+    def free_count(self) -> int:
+        """Blocks on the free list (tests): those not owned."""
+        with self._lock:
+            return self.count - len(self._owned())
+
+    def take(self, tgid: int, gen: int) -> int:
+        """A block for (tgid, gen), or 0 when none is free."""
+        with self._lock:
+            if self._closed:
+                return 0
+            try:
+                b = int(self._queue.pop().value)
+            except KeyError:
+                return 0
+            self._owners[b] = gen << 32 | tgid
+            return b
+
+    def _owned(self) -> dict[int, tuple[int, int]]:
+        if self._closed:
+            return {}
+        return {b: (o & 0xFFFFFFFF, o >> 32)
+                for b, o in enumerate(self._owners.tolist()) if b and o}
+
+    def holders(self) -> set[int]:
+        """Processes holding a block, counted or not: the sweep frees those nobody tracks."""
+        with self._lock:
+            return {tgid for tgid, _gen in self._owned().values()}
+
+    def _columns(self, b: int) -> list[list[int]]:
+        cols = []
+        for cpu in range(self.cpu_slots):
+            start = (cpu * self.count + b - 1) * self._span
+            end = start + self._span
+            cols.append(self._vals[start + _CALLS_WORD:end:_VAL_WORDS].tolist())
+            cols.append(self._vals[start + _ALLOC_WORD:end:_VAL_WORDS].tolist())
+        return cols
+
+    def _read(self, b: int) -> dict[int, SyscallStats]:
+        """nr -> counts of block b, summed over CPUs (skipping CPUs and numbers at zero:
+        one strided read of the calls and bytes columns says which). The caller owns
+        the returned objects."""
+        owner, cols = self._owners[b], self._columns(b)
+        hit = self._cache.get(b)
+        if hit is not None and hit[0] == owner and hit[1] == cols:
+            if not hit[3]:
+                hit = self._cache[b] = (owner, cols, self._decode(b, cols), True)
+        else:
+            hit = self._cache[b] = (owner, cols, self._decode(b, cols), False)
+        return {nr: replace(st, hist=list(st.hist)) for nr, st in hit[2].items()}
+
+    def _decode(self, b: int, cols: list[list[int]]) -> dict[int, SyscallStats]:
+        out: dict[int, SyscallStats] = {}
+        for cpu in range(self.cpu_slots):
+            start = (cpu * self.count + b - 1) * self._span
+            calls, alloc = cols[2 * cpu], cols[2 * cpu + 1]
+            if not any(calls) and not any(alloc):
+                continue
+            for nr, (c, a) in enumerate(zip(calls, alloc, strict=True)):
+                if c or a:
+                    v = StatsVal.from_buffer_copy(self._vals_mm, (start + nr * _VAL_WORDS) * 8)
+                    if nr in out:
+                        out[nr].add(_to_stats(v))
+                    else:
+                        out[nr] = _to_stats(v)
+        for st in out.values():
+            st.calls &= _U64  # modulo 2^64, as in _sum_cpus
+        return out
+
+    def _free(self, b: int) -> None:
+        """Zero block b on every CPU and put it back on the free list. Only for a block
+        no program can write any more (its process gone, untracked, or exec'd since).
+
+        Known race: a program of a process untracked a moment ago that passed its
+        tracked test before untrack() can still add one call after the block is freed,
+        which the block's next owner would then count. The daemon frees the blocks of
+        processes it untracked at a later drain pass (milliseconds or more later, far
+        beyond one program's run); `tracerd run` frees them only as it ends.
+        """
+        for cpu in range(self.cpu_slots):
+            start = (cpu * self.count + b - 1) * self._span * 8
+            self._vals_mm[start:start + len(self._zero)] = self._zero
+        self._owners[b] = 0
+        self._cache.pop(b, None)
+        self._queue.push(ct.c_uint32(b))  # a syscall: the zeroes are visible before
+
+    def _drain(self, b: int, tgid: int, gen: int) -> dict[StatsKeyT, SyscallStats]:
+        """The final counts of block b (decoded afresh), and the block freed; nothing
+        when the kernel still counts a live process in it (see live_block)."""
+        if self._live_block(tgid) == b:
+            return {}
+        final = {(tgid, gen, nr): st for nr, st in self._decode(b, self._columns(b)).items()}
+        self._free(b)
+        return final
+
+    def read_all(self) -> dict[StatsKeyT, SyscallStats]:
+        with self._lock:
+            out = {key: replace(st, hist=list(st.hist)) for key, st in self._retired.items()}
+            for b, (tgid, gen) in self._owned().items():
+                _merge(out, {(tgid, gen, nr): st for nr, st in self._read(b).items()})
+            return out
+
+    def retire(self, execs: dict[int, int]) -> None:
+        """tgid -> the generation its latest EV_EXEC started: the blocks of its earlier
+        generations are final (the record is read after everything its program wrote)
+        and go back to the free list, their counts kept here."""
+        with self._lock:
+            for b, (tgid, gen) in self._owned().items():
+                if gen < execs.get(tgid, 0):
+                    _merge(self._retired, self._drain(b, tgid, gen))
+
+    def delete(self, tgids: set[int]) -> dict[StatsKeyT, SyscallStats]:
+        """The final counts of these processes' blocks (and retired ones), freed."""
+        with self._lock:
+            out = {key: self._retired.pop(key) for key in
+                   [k for k in self._retired if k[0] in tgids]}
+            for b, (tgid, gen) in self._owned().items():
+                if tgid in tgids:
+                    _merge(out, self._drain(b, tgid, gen))
+            return out
+
+
 class Probe:
     """The loaded and attached BPF programs; use as a context manager."""
 
@@ -449,6 +669,7 @@ class Probe:
         self._sys_ring: RingReader | None = None
         self._decode: dict[int, tuple[ArgRead, ...]] = {}
         self._slot_gen: dict[int, int] = {}
+        self._blocks: _Blocks | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> Probe:
@@ -479,6 +700,8 @@ class Probe:
             f"-DTASK_TI_STATUS_OFF={_thread_status_offset()}",
             f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
             f"-DCOUNT_ONLY={int(self.count_only)}",
+            f"-DMAX_BLOCKS={self.block_count()}",
+            f"-DCPU_SLOTS={_cpu_slots()}",
             *_special_syscalls(),
             "-w",  # header-version warnings would land in the user's terminal
         ]
@@ -490,6 +713,9 @@ class Probe:
         self._ncpus = _possible_cpus()  # as the map was sized in stats_prealloc
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         try:
+            if self.block_count():
+                self._blocks = _Blocks(self._bpf, self.block_count(), _cpu_slots(),
+                                       self._live_block)
             from . import _strace  # noqa: PLC0415 - the signature tables, only when loading
             from .syscalls import table_for  # noqa: PLC0415
 
@@ -507,13 +733,45 @@ class Probe:
         per_entry = ((ct.sizeof(StatsVal) + 7) & ~7) * ncpus + ct.sizeof(StatsKey) + 64
         return self.limits.max_stats * per_entry <= STATS_PREALLOC_BYTES
 
+    def block_count(self) -> int:
+        """Counter blocks to build (MAX_BLOCKS): Limits.max_blocks, or as many as
+        BLOCK_BUDGET_BYTES holds on this machine's CPU slots (at most MAX_BLOCKS_CAP)."""
+        slots = _cpu_slots()
+        if self.limits.max_blocks is None:
+            per_block = ct.sizeof(StatsVal) * BLOCK_NRS * slots
+            return min(MAX_BLOCKS_CAP, BLOCK_BUDGET_BYTES // per_block)
+        # The array's entries are a u32 (and BLOCK_ENTRIES a C int): the bound is hard.
+        most = ((1 << 31) - 1) // (BLOCK_NRS * slots)
+        if not 0 <= self.limits.max_blocks <= most:
+            raise TracerdError(f"max_blocks {self.limits.max_blocks}: 0 to {most} on "
+                               f"{slots} CPU slots", EXIT_USAGE)
+        return self.limits.max_blocks
+
+    def _live_block(self, tgid: int) -> int:
+        if not 0 < tgid < self.limits.pid_max:
+            return 0
+        st = self._bpf[b"pids"][ct.c_int(tgid)]
+        return int(st.block) if st.tracked else 0
+
+    def block_holders(self) -> set[int]:
+        """Processes holding a counter block: with counts or not (see Hub._sweep)."""
+        return self._blocks.holders() if self._blocks is not None else set()
+
+    def free_blocks(self) -> int:
+        """Counter blocks nobody holds (0 without blocks)."""
+        return self._blocks.free_count() if self._blocks is not None else 0
+
     def close(self) -> None:
-        if self._sys_ring is not None:
-            self._sys_ring.close()
-            self._sys_ring = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        try:
+            if self._blocks is not None:  # first: a drain still running then reads nothing
+                self._blocks.close()
+        finally:
+            if self._sys_ring is not None:
+                self._sys_ring.close()
+                self._sys_ring = None
+            if self._bpf is not None:
+                self._bpf.cleanup()
+                self._bpf = None
 
     def __enter__(self) -> Probe:
         return self.open()
@@ -556,8 +814,10 @@ class Probe:
         cur = pids[ct.c_int(pid)]
         if cur.tracked:
             return  # already counted: leave the kernel's fields alone
-        # Keeps the exec generation: counters already under it stay consistent.
-        pids[ct.c_int(pid)] = PidState(0, cur.gen, 0, 1)
+        # Keeps the exec generation: counters already under it stay consistent. A block
+        # of its own (one it held before, if untracked since, is still read: both add up).
+        block = self._blocks.take(pid, cur.gen) if self._blocks is not None else 0
+        pids[ct.c_int(pid)] = PidState(0, cur.gen, 0, 1, block, 0)
 
     def untrack(self, pid: int) -> None:
         # Known race: a thread of ``pid`` inside a syscall keeps its entry time until
@@ -565,8 +825,9 @@ class Probe:
         if 0 < pid < self.limits.pid_max:
             pids = self._bpf[b"pids"]
             # The generation is kept: counters under it may still be in the map, and a
-            # later exec-rule match must start a generation none of them carries.
-            pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 0)
+            # later exec-rule match must start a generation none of them carries. Its
+            # block stays its own (still read) until its counters are deleted.
+            pids[ct.c_int(pid)] = PidState(0, pids[ct.c_int(pid)].gen, 0, 0, 0, 0)
             self._bpf[b"limit_of"][ct.c_int(pid)] = ct.c_uint32(0)
 
     def is_tracked(self, pid: int) -> bool:
@@ -722,6 +983,13 @@ class Probe:
         """Wait up to ``timeout_ms`` for lifecycle events and return those that arrived."""
         self._bpf.ring_buffer_poll(timeout_ms)
         out, self._events = self._events, []
+        if self._blocks is not None:
+            execs: dict[int, int] = {}
+            for ev in out:
+                if ev.type == EV_EXEC:
+                    execs[ev.pid] = max(ev.gen, execs.get(ev.pid, 0))
+            if execs:
+                self._blocks.retire(execs)
         return out
 
     def read_stats(self) -> dict[tuple[int, int], SyscallStats]:
@@ -737,6 +1005,8 @@ class Probe:
         """Cumulative (tgid, gen, nr) -> stats: per exec generation (see syscount.h)."""
         out = {(key.tgid, key.gen, key.nr): _sum_cpus(per_cpu)
                for key, per_cpu in self._lookup_batch()}
+        if self._blocks is not None:
+            _merge(out, self._blocks.read_all())
         # All zero: a count-only execve moved to its new generation (nothing to report).
         return {k: v for k, v in out.items() if v.calls or v.alloc_bytes}
 
@@ -761,6 +1031,8 @@ class Probe:
                 final[(key.tgid, key.gen, key.nr)] = _sum_cpus(per_cpu)
                 with contextlib.suppress(KeyError):  # already gone: nothing to lose
                     del table[StatsKey(key.tgid, key.nr, key.gen)]
+        if self._blocks is not None:
+            _merge(final, self._blocks.delete(wanted))
         return final
 
     def _lookup_batch(self) -> list[tuple[StatsKey, list[StatsVal]]]:

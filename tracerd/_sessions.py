@@ -69,6 +69,7 @@ class ProbeLike(Protocol):
     def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]: ...
     def delete_stats_by_gen(self, tgids: list[int]
                             ) -> dict[tuple[int, int, int], SyscallStats]: ...
+    def block_holders(self) -> set[int]: ...
     def drops(self) -> Drops: ...
     def add_rule(self, kind: str, value: str | int, slot: int | None = None) -> None: ...
     def remove_rule(self, kind: str, value: str | int) -> None: ...
@@ -1677,13 +1678,16 @@ class Hub:
         - a tracked process whose exit record was lost (ring buffer full) is found by
           the kernel having cleared its flag at group death;
         - counters of processes nobody tracks any more (released, or a late in-flight
-          call landing after their exit) are deleted, so the map cannot fill up.
+          call landing after their exit) are deleted, so the map cannot fill up; so are
+          their counter blocks, even with nothing counted in them yet (a process released
+          before its first call returned holds one all the same).
         """
         if now - self._last_liveness_ns < 1_000_000_000:
             return
         self._last_liveness_ns = now
         cleared = [p for p in self.procs if not self.probe.is_tracked(p)]
-        unknown = [t for t in self._snapshot if t not in self.procs and t not in self._limbo]
+        unknown = [t for t in {*self._snapshot, *self.probe.block_holders()}
+                   if t not in self.procs and t not in self._limbo]
         strays = [t for t in unknown if not self.probe.is_tracked(t)]
         # Tracked in the kernel yet known to nobody: an exec-rule match whose record
         # was lost. Untracked below unless the records read next explain it.

@@ -18,9 +18,14 @@ def _roles(stdout: str) -> dict[str, int]:
     return {role: int(pid) for role, pid in (line.split() for line in stdout.splitlines())}
 
 
-def test_exact_counts_per_process(tmp_path: Path, fixture_bin: Path) -> None:
+# Counter blocks for every process (the default), for the first process only (its
+# children counted in the stats map), for none: every path counts the same.
+@pytest.mark.parametrize("blocks", [[], ["--max-blocks", "1"], ["--max-blocks", "0"]],
+                         ids=["blocks", "one-block", "map-only"])
+def test_exact_counts_per_process(tmp_path: Path, fixture_bin: Path, blocks: list[str]) -> None:
     n, threads = 1000, 4
-    report, proc = traced_json(tmp_path, [str(fixture_bin), "exact", str(n), str(threads)])
+    report, proc = traced_json(tmp_path, [str(fixture_bin), "exact", str(n), str(threads)],
+                               *blocks)
     assert proc.returncode == 0, proc.stderr
     roles = _roles(proc.stdout)
     procs = {p["pid"]: p for p in report["processes"]}

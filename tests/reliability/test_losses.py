@@ -58,8 +58,10 @@ def trace(c: Client, proc: subprocess.Popen[str]) -> tuple[Report, list[Drops]]:
 
 def test_a_full_counter_map_is_counted_everywhere(tmp_path: Path, fixture_bin: Path) -> None:
     port = free_port()
-    # 8 entries: fewer than the (process, syscall) pairs of the fixture's three processes.
-    d = Daemon(tmp_path, "--max-stats", "8", "--metrics", f"127.0.0.1:{port}").wait_ready()
+    # 8 entries: fewer than the (process, syscall) pairs of the fixture's three processes,
+    # and no counter blocks to take any of them off the map.
+    d = Daemon(tmp_path, "--max-stats", "8", "--max-blocks", "0",
+               "--metrics", f"127.0.0.1:{port}").wait_ready()
     try:
         with d.client() as c:
             report, updates = trace(c, held_shell(f"{fixture_bin} exact 20 0; sleep 0.5"))

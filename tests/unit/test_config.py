@@ -438,8 +438,17 @@ actions = ["enforce"]
     ('[otlp]\nendpoint = "c:4317"\nca_file = "nope.pem"\n', "otlp.ca_file:"),
     ('metrics = ":9464"\n', "give the address to listen on"),
     ('[limits]\nringbuf_pages = 3\n', "limits.ringbuf_pages: a power of 2"),
+    ('[limits]\nmax_blocks = -1\n', "limits.max_blocks: must be >= 0"),
+    ('[limits]\nmax_blocks = 65537\n', "limits.max_blocks: at most 65536"),
+    ('[limits]\nmax_stats = 0\n', "limits.max_stats: must be > 0"),
 ])
 def test_bad_monitoring_config_is_refused_naming_the_key(tmp_path: Path, text: str,
                                                          message: str) -> None:
     with pytest.raises(BadInput, match=re.escape(message)):
         load_config(write(tmp_path / "c.toml", text))
+
+
+def test_zero_counter_blocks_is_a_setting(tmp_path: Path) -> None:
+    # 0 blocks: every count goes to the stats map (the only kernel limit that may be 0).
+    cfg = load_config(write(tmp_path / "c.toml", "[limits]\nmax_blocks = 0\n"))
+    assert cfg.kernel_limits == {"max_blocks": 0}

@@ -3,6 +3,7 @@ clear error with its exit status, never a traceback (tracerd._probe)."""
 
 from __future__ import annotations
 
+import ctypes as ct
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,29 @@ def test_stats_map_preallocated_within_its_memory_budget(
     monkeypatch.setattr(_probe, "_possible_cpus", lambda: cpus)
     probe = _probe.Probe(_probe.Limits(pid_max=100, max_stats=max_stats))
     assert probe.stats_prealloc() is prealloc
+
+
+@pytest.mark.parametrize(("possible", "slots", "blocks"),
+                         [("0-1", 2, 390), ("0-1,4-7", 8, 97), ("0-255", 256, 3),
+                          ("0-1023", 1024, 0), ("0", 1, 780)])
+def test_counter_blocks_fit_their_memory_budget(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, possible: str, slots: int,
+        blocks: int) -> None:
+    # Copies are indexed by CPU id: holes in the possible mask still take a copy.
+    (tmp_path / "possible").write_text(possible + "\n")
+    monkeypatch.setattr(_probe, "_POSSIBLE_CPUS", tmp_path / "possible")
+    assert _probe._cpu_slots() == slots
+    probe = _probe.Probe(_probe.Limits(pid_max=100))
+    assert probe.block_count() == blocks
+    assert blocks * 512 * ct.sizeof(_probe.StatsVal) * slots <= _probe.BLOCK_BUDGET_BYTES
+    assert _probe.Probe(_probe.Limits(pid_max=100, max_blocks=7)).block_count() == 7
+
+
+def test_too_many_counter_blocks_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "possible").write_text("0-63\n")
+    monkeypatch.setattr(_probe, "_POSSIBLE_CPUS", tmp_path / "possible")
+    assert _probe.Probe(_probe.Limits(pid_max=100, max_blocks=65535)).block_count() == 65535
+    with pytest.raises(TracerdError, match="max_blocks 65536: 0 to 65535 on 64 CPU slots") as e:
+        _probe.Probe(_probe.Limits(pid_max=100, max_blocks=65536)).block_count()
+    assert e.value.exit_status == 2

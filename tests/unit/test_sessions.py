@@ -140,10 +140,13 @@ class FakeProbe:
         self.ev_lost: dict[int, int] = {}
         self.ring_room: int | None = None  # None: unbounded
         self._pipe = os.pipe()  # never readable: the pump thread just times out
+        self.holders: set[int] = set()  # processes holding a counter block
+
 
     # ---- ProbeLike
     def track(self, pid: int) -> None:
         self.tracked.add(pid)
+        self.holders.add(pid)
 
     def untrack(self, pid: int) -> None:
         self.tracked.discard(pid)
@@ -163,7 +166,11 @@ class FakeProbe:
         gone = {k: v for k, v in self.stats.items() if k[0] in set(tgids)}
         for k in gone:
             del self.stats[k]
+        self.holders -= set(tgids)
         return gone
+
+    def block_holders(self) -> set[int]:
+        return set(self.holders)
 
     def drops(self) -> Drops:
         d = self.drop_counts
@@ -528,6 +535,17 @@ def test_sweep_deletes_counters_of_released_processes(k: FakeProbe) -> None:
     hub.step(0)  # first drain: the sweep runs (more than 1 s since "boot")
     assert k.entries(p) == {}
     assert calls(report(hub, a)) == {READ: 4}
+
+
+def test_sweep_frees_the_block_of_a_process_released_before_any_count(k: FakeProbe) -> None:
+    # Nothing counted: the process is in no snapshot, only among the block holders.
+    hub = hub_for(k)
+    p = k.spawn(100)
+    a = start(hub, PidTarget(p))
+    hub.stop(ADMIN, a)
+    assert p in k.holders and k.entries(p) == {}
+    hub.step(0)
+    assert p not in k.holders
 
 
 def test_report_and_summary_of_a_running_session(k: FakeProbe) -> None:
