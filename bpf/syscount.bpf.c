@@ -102,17 +102,22 @@ static __always_inline struct stats_val *stats_slot(__u32 tgid, __u32 nr, __u32 
 	return s;
 }
 
-/* The counters of (tgid, nr, gen): in the process's block when it has one and nr fits,
- * else in the stats hash. The CPU id is the index of the per-CPU copy: programs run
- * with migration off, so it stays this CPU's for the whole update. */
+/* The counters of (tgid, nr, gen), to be written: in the process's block when it has one
+ * and nr fits (the block's tally counts the write first), else in the stats hash. The
+ * CPU id is the index of the per-CPU copy: programs run with migration off, so it stays
+ * this CPU's for the whole update. */
 static __always_inline struct stats_val *counter(__u32 block, __u32 tgid, __u32 nr,
 						 __u32 gen)
 {
-	if (MAX_BLOCKS && block && nr < BLOCK_NRS) {
-		__u32 idx = (bpf_get_smp_processor_id() * MAX_BLOCKS + block - 1) * BLOCK_NRS + nr;
+	if (MAX_BLOCKS && block && nr < BLOCK_TALLY) {
+		__u32 base = (bpf_get_smp_processor_id() * MAX_BLOCKS + block - 1) * BLOCK_NRS;
+		__u32 idx = base + nr, tally_idx = base + BLOCK_TALLY;
 		struct stats_val *s = blocks.lookup(&idx);
-		if (s) /* out of range only if user space wrote a bad block number */
+		struct stats_val *tally = blocks.lookup(&tally_idx);
+		if (s && tally) { /* out of range only if user space wrote a bad block number */
+			tally->calls++;
 			return s;
+		}
 	}
 	return stats_slot(tgid, nr, gen);
 }

@@ -43,6 +43,10 @@
 #define CPU_SLOTS 1
 #endif
 #define BLOCK_NRS 512
+/* Entry BLOCK_TALLY of each CPU's copy of a block is no syscall's: its calls field counts
+ * the writes to the block on that CPU, so user space tells an idle block by one read per
+ * CPU. Numbers from BLOCK_TALLY up are counted in the stats hash. */
+#define BLOCK_TALLY (BLOCK_NRS - 1)
 #define BLOCK_ENTRIES (MAX_BLOCKS ? MAX_BLOCKS * BLOCK_NRS * CPU_SLOTS : 1)
 /* The array's map_flags: BPF_F_MMAPABLE, so user space reads the counters where they
  * are, with no copy and no syscall per drain. */

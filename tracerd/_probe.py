@@ -50,7 +50,8 @@ STATS_PREALLOC_BYTES = 64 << 20
 BLOCK_BUDGET_BYTES = 64 << 20
 #: At most this many blocks whatever the budget: the drain reads every block in use.
 MAX_BLOCKS_CAP = 1024
-BLOCK_NRS = 512  # syscall numbers a block covers (BLOCK_NRS in syscount.h)
+BLOCK_NRS = 512  # entries of a block (BLOCK_NRS in syscount.h)
+BLOCK_TALLY = BLOCK_NRS - 1  # the entry counting the block's writes; numbers below it
 
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _TRACEFS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -503,13 +504,13 @@ class _Blocks:
         self._owners = memoryview(self._owners_mm).cast("Q")
         self._zero = bytes(self._span * 8)
         self._retired: dict[StatsKeyT, SyscallStats] = {}
-        #: block -> (owner, calls and bytes columns, counts, settled) of its last decode.
-        #: Every write to an entry moves its calls or its bytes, but a program writes
-        #: calls before the other fields, so a decode may catch an update half done: the
-        #: first pass that finds the columns unchanged decodes once more (the writer has
-        #: long finished) and marks it settled; from then on, until the columns move, an
-        #: idle process costs two strided reads and no decode. Final reads never use it.
-        self._cache: dict[int, tuple[int, list[list[int]], dict[int, SyscallStats], bool]] = {}
+        #: block -> (owner, tallies, counts, settled) of its last decode. The kernel bumps
+        #: a block's tally (BLOCK_TALLY, per CPU) before every write to it, so a decode may
+        #: catch a write half done: the first pass that finds the tallies unchanged
+        #: decodes once more (the writer has long finished) and marks it settled; from
+        #: then on, until a tally moves, an idle process costs one read per CPU and no
+        #: decode. Final reads (retire, delete) never use it.
+        self._cache: dict[int, tuple[int, list[int], dict[int, SyscallStats], bool]] = {}
         self._closed = False
         self._lock = threading.Lock()
         for b in range(1, count + 1):
@@ -556,33 +557,28 @@ class _Blocks:
         with self._lock:
             return {tgid for tgid, _gen in self._owned().values()}
 
-    def _columns(self, b: int) -> list[list[int]]:
-        cols = []
-        for cpu in range(self.cpu_slots):
-            start = (cpu * self.count + b - 1) * self._span
-            end = start + self._span
-            cols.append(self._vals[start + _CALLS_WORD:end:_VAL_WORDS].tolist())
-            cols.append(self._vals[start + _ALLOC_WORD:end:_VAL_WORDS].tolist())
-        return cols
-
     def _read(self, b: int) -> dict[int, SyscallStats]:
-        """nr -> counts of block b, summed over CPUs (skipping CPUs and numbers at zero:
-        one strided read of the calls and bytes columns says which). The caller owns
-        the returned objects."""
-        owner, cols = self._owners[b], self._columns(b)
+        """nr -> counts of block b, summed over CPUs. The caller owns what it gets."""
+        owner = self._owners[b]
+        tally = (BLOCK_TALLY * _VAL_WORDS + _CALLS_WORD)
+        tallies = [self._vals[(cpu * self.count + b - 1) * self._span + tally]
+                   for cpu in range(self.cpu_slots)]
         hit = self._cache.get(b)
-        if hit is not None and hit[0] == owner and hit[1] == cols:
-            if not hit[3]:
-                hit = self._cache[b] = (owner, cols, self._decode(b, cols), True)
-        else:
-            hit = self._cache[b] = (owner, cols, self._decode(b, cols), False)
+        if hit is None or hit[0] != owner or hit[1] != tallies:
+            hit = self._cache[b] = (owner, tallies, self._decode(b), False)
+        elif not hit[3]:
+            hit = self._cache[b] = (owner, tallies, self._decode(b), True)
         return {nr: replace(st, hist=list(st.hist)) for nr, st in hit[2].items()}
 
-    def _decode(self, b: int, cols: list[list[int]]) -> dict[int, SyscallStats]:
+    def _decode(self, b: int) -> dict[int, SyscallStats]:
+        """Block b's counts as they are now (skipping CPUs and numbers at zero: a strided
+        read of the calls and bytes columns says which)."""
         out: dict[int, SyscallStats] = {}
         for cpu in range(self.cpu_slots):
             start = (cpu * self.count + b - 1) * self._span
-            calls, alloc = cols[2 * cpu], cols[2 * cpu + 1]
+            end = start + BLOCK_TALLY * _VAL_WORDS
+            calls = self._vals[start + _CALLS_WORD:end:_VAL_WORDS].tolist()
+            alloc = self._vals[start + _ALLOC_WORD:end:_VAL_WORDS].tolist()
             if not any(calls) and not any(alloc):
                 continue
             for nr, (c, a) in enumerate(zip(calls, alloc, strict=True)):
@@ -618,7 +614,7 @@ class _Blocks:
         when the kernel still counts a live process in it (see live_block)."""
         if self._live_block(tgid) == b:
             return {}
-        final = {(tgid, gen, nr): st for nr, st in self._decode(b, self._columns(b)).items()}
+        final = {(tgid, gen, nr): st for nr, st in self._decode(b).items()}
         self._free(b)
         return final
 
