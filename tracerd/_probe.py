@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -568,7 +568,7 @@ class _Blocks:
             hit = self._cache[b] = (owner, tallies, self._decode(b), False)
         elif not hit[3]:
             hit = self._cache[b] = (owner, tallies, self._decode(b), True)
-        return {nr: replace(st, hist=list(st.hist)) for nr, st in hit[2].items()}
+        return {nr: st.copy() for nr, st in hit[2].items()}
 
     def _decode(self, b: int) -> dict[int, SyscallStats]:
         """Block b's counts as they are now (skipping CPUs and numbers at zero: a strided
@@ -620,7 +620,7 @@ class _Blocks:
 
     def read_all(self) -> dict[StatsKeyT, SyscallStats]:
         with self._lock:
-            out = {key: replace(st, hist=list(st.hist)) for key, st in self._retired.items()}
+            out = {key: st.copy() for key, st in self._retired.items()}
             for b, (tgid, gen) in self._owned().items():
                 _merge(out, {(tgid, gen, nr): st for nr, st in self._read(b).items()})
             return out
@@ -662,6 +662,11 @@ class Probe:
         self._ncpus = 0
         self.exit_code_offset = -1
         self._batch_bufs: tuple[Any, Any] | None = None
+        #: (tgid, gen, nr) -> (raw per-CPU values, their sum) of the last read of the
+        #: stats hash: an entry whose bytes did not change is not decoded again (the
+        #: decode is a pure function of the bytes, so a torn copy is never reused for
+        #: anything but the same bytes)
+        self._hash_memo: dict[StatsKeyT, tuple[bytes, SyscallStats]] = {}
         self._sys_ring: RingReader | None = None
         self._decode: dict[int, tuple[ArgRead, ...]] = {}
         self._slot_gen: dict[int, int] = {}
@@ -999,8 +1004,15 @@ class Probe:
 
     def read_stats_by_gen(self) -> dict[tuple[int, int, int], SyscallStats]:
         """Cumulative (tgid, gen, nr) -> stats: per exec generation (see syscount.h)."""
-        out = {(key.tgid, key.gen, key.nr): _sum_cpus(per_cpu)
-               for key, per_cpu in self._lookup_batch()}
+        memo: dict[StatsKeyT, tuple[bytes, SyscallStats]] = {}
+        out: dict[StatsKeyT, SyscallStats] = {}
+        for key, raw in self._lookup_batch():
+            hit = self._hash_memo.get(key)
+            if hit is None or hit[0] != raw:
+                hit = (raw, self._decode_raw(raw))
+            memo[key] = hit
+            out[key] = hit[1].copy()
+        self._hash_memo = memo
         if self._blocks is not None:
             _merge(out, self._blocks.read_all())
         # All zero: a count-only execve moved to its new generation (nothing to report).
@@ -1022,17 +1034,25 @@ class Probe:
             return {}
         table = self._bpf[b"stats"]
         final: dict[tuple[int, int, int], SyscallStats] = {}
-        for key, per_cpu in self._lookup_batch():
-            if key.tgid in wanted:
-                final[(key.tgid, key.gen, key.nr)] = _sum_cpus(per_cpu)
+        for key, raw in self._lookup_batch():
+            tgid, gen, nr = key
+            if tgid in wanted:
+                final[key] = self._decode_raw(raw)
+                self._hash_memo.pop(key, None)
                 with contextlib.suppress(KeyError):  # already gone: nothing to lose
-                    del table[StatsKey(key.tgid, key.nr, key.gen)]
+                    del table[StatsKey(tgid, nr, gen)]
         if self._blocks is not None:
             _merge(final, self._blocks.delete(wanted))
         return final
 
-    def _lookup_batch(self) -> list[tuple[StatsKey, list[StatsVal]]]:
-        """BPF_MAP_LOOKUP_BATCH over the per-CPU stats map.
+    def _decode_raw(self, raw: bytes) -> SyscallStats:
+        """One stats entry's per-CPU values (as _lookup_batch copies them), summed."""
+        stride = (ct.sizeof(StatsVal) + 7) & ~7
+        return _sum_cpus(StatsVal.from_buffer_copy(raw, c * stride) for c in range(self._ncpus))
+
+    def _lookup_batch(self) -> list[tuple[StatsKeyT, bytes]]:
+        """BPF_MAP_LOOKUP_BATCH over the per-CPU stats map: (tgid, gen, nr) and the raw
+        values of every entry, one aligned copy per possible CPU.
 
         BCC's own batch helper sizes values as one CPU's, which overruns for per-CPU
         maps; here each value slot holds one aligned copy per possible CPU.
@@ -1040,13 +1060,13 @@ class Probe:
         bcc = _import_bcc()
         table = self._bpf[b"stats"]
         chunk = 4096
-        per_cpu_size = (ct.sizeof(StatsVal) + 7) & ~7
+        stride = ((ct.sizeof(StatsVal) + 7) & ~7) * self._ncpus
         if self._batch_bufs is None:  # reused: ~chunk x CPUs x 160 bytes
-            self._batch_bufs = ((StatsKey * chunk)(),
-                                (ct.c_uint8 * (per_cpu_size * self._ncpus * chunk))())
+            self._batch_bufs = ((StatsKey * chunk)(), (ct.c_uint8 * (stride * chunk))())
         keys, vals = self._batch_bufs
+        raw = memoryview(vals).cast("B")
         token = ct.c_uint32(0)
-        out: list[tuple[StatsKey, list[StatsVal]]] = []
+        out: list[tuple[StatsKeyT, bytes]] = []
         first = True
         while True:
             count = ct.c_uint32(chunk)
@@ -1061,12 +1081,8 @@ class Probe:
             err = ct.get_errno()
             first = False
             for i in range(count.value):
-                base = i * per_cpu_size * self._ncpus
-                cpus = [
-                    StatsVal.from_buffer_copy(vals, base + c * per_cpu_size)
-                    for c in range(self._ncpus)
-                ]
-                out.append((StatsKey(keys[i].tgid, keys[i].nr, keys[i].gen), cpus))
+                k = keys[i]
+                out.append(((k.tgid, k.gen, k.nr), raw[i * stride:(i + 1) * stride].tobytes()))
             if rc != 0:
                 if err == errno.ENOENT:
                     return out
