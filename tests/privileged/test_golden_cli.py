@@ -181,8 +181,14 @@ def test_golden_through_the_daemon_and_from_a_session(tmp_path: Path, fixture_bi
         g = json.loads(path.read_text())
         assert g["syscalls"]["getppid"]["calls"] == {"median": 120, "min": 120, "max": 120}
         assert g["measured"]["peak_rss_kib"] is not None  # the daemon measured it
-        code, verdict = _verdict(path, *cmd, extra=("--remote", dm.socket))
-        assert (code, verdict["verdict"]) == (0, "pass"), verdict
+        # This test is about counts through the daemon: the measured fields (a run of a
+        # few ms, peak RSS from taskstats) get wide tolerances, as a loaded CI machine
+        # tripped one once; their own checks are test_slower_run_trips_duration_not_counts
+        # and the peak RSS tests.
+        code, verdict = _verdict(path, *cmd, extra=(
+            "--remote", dm.socket, "--tolerance", "duration_slack_ms=10000",
+            "--tolerance", "rss=100"))
+        assert (code, verdict["verdict"]) == (0, "pass"), json.dumps(verdict)
         code, verdict = _verdict(path, str(fixture_bin), "exact", "21", "0",
                                  extra=("--remote", dm.socket))
         assert code == EXIT_REGRESSION and "getppid" in verdict["failed_syscalls"]
