@@ -29,12 +29,12 @@
 #endif
 
 /* Counter blocks: one process generation's counters for every native syscall number
- * below BLOCK_NRS, one copy per CPU, in an array (see struct pid_state.block). A call
+ * below BLOCK_TALLY, one copy per CPU, in an array (see struct pid_state.block). A call
  * counted in a block costs the CPU id (a helper the verifier inlines on x86-64 from 6.10)
  * and an inlined array lookup where the stats hash costs a hashed lookup (a few ns
  * against ~60 on the reference VM, bench/hotpath.py). Blocks are few (the
  * array is allocated whole at load: MAX_BLOCKS x BLOCK_NRS x CPU_SLOTS values); processes
- * beyond them, compat calls and numbers >= BLOCK_NRS are counted in the stats hash.
+ * beyond them, compat calls and numbers >= BLOCK_TALLY are counted in the stats hash.
  * MAX_BLOCKS 0: no blocks. CPU_SLOTS: highest possible CPU id + 1. */
 #ifndef MAX_BLOCKS
 #define MAX_BLOCKS 0
