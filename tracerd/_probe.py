@@ -465,6 +465,10 @@ def _sum_gens(by_gen: dict[tuple[int, int, int], SyscallStats]
 _VAL_WORDS = ct.sizeof(StatsVal) // 8
 _CALLS_WORD = StatsVal.calls.offset // 8
 _ALLOC_WORD = StatsVal.alloc_bytes.offset // 8
+_TALLY_WORD = BLOCK_TALLY * _VAL_WORDS + _CALLS_WORD  # in a block's copy for one CPU
+#: bytes between two CPUs' copies of one value of a per-CPU map, as the kernel copies
+#: them out (each rounded up to 8)
+_PER_CPU_STRIDE = (ct.sizeof(StatsVal) + 7) & ~7
 StatsKeyT = tuple[int, int, int]  # (tgid, gen, nr)
 
 
@@ -557,11 +561,14 @@ class _Blocks:
         with self._lock:
             return {tgid for tgid, _gen in self._owned().values()}
 
+    def _start(self, cpu: int, b: int) -> int:
+        """The u64 word where CPU cpu's copy of block b starts ([cpu][block - 1][nr])."""
+        return (cpu * self.count + b - 1) * self._span
+
     def _read(self, b: int) -> dict[int, SyscallStats]:
         """nr -> counts of block b, summed over CPUs. The caller owns what it gets."""
         owner = self._owners[b]
-        tally = (BLOCK_TALLY * _VAL_WORDS + _CALLS_WORD)
-        tallies = [self._vals[(cpu * self.count + b - 1) * self._span + tally]
+        tallies = [self._vals[self._start(cpu, b) + _TALLY_WORD]
                    for cpu in range(self.cpu_slots)]
         hit = self._cache.get(b)
         if hit is None or hit[0] != owner or hit[1] != tallies:
@@ -575,7 +582,7 @@ class _Blocks:
         read of the calls and bytes columns says which)."""
         out: dict[int, SyscallStats] = {}
         for cpu in range(self.cpu_slots):
-            start = (cpu * self.count + b - 1) * self._span
+            start = self._start(cpu, b)
             end = start + BLOCK_TALLY * _VAL_WORDS
             calls = self._vals[start + _CALLS_WORD:end:_VAL_WORDS].tolist()
             alloc = self._vals[start + _ALLOC_WORD:end:_VAL_WORDS].tolist()
@@ -603,7 +610,7 @@ class _Blocks:
         beyond one program's run); `tracerd run` frees them only as it ends.
         """
         for cpu in range(self.cpu_slots):
-            start = (cpu * self.count + b - 1) * self._span * 8
+            start = self._start(cpu, b) * 8
             self._vals_mm[start:start + len(self._zero)] = self._zero
         self._owners[b] = 0
         self._cache.pop(b, None)
@@ -684,6 +691,7 @@ class Probe:
                 "sched", "sched_process_exit", "group_dead")
         # Unknown: descendants' exit codes are then reported as unknown.
         exit_off = self.exit_code_offset = _offset("task_struct", "exit_code")
+        nblocks, cpu_slots = self.block_count(), _cpu_slots()
         cflags = [
             f"-I{src}",
             f"-DPID_MAX={self.limits.pid_max}",
@@ -701,8 +709,8 @@ class Probe:
             f"-DTASK_TI_STATUS_OFF={_thread_status_offset()}",
             f"-DEV_RINGBUF_PAGES={self.limits.ev_ringbuf_pages}",
             f"-DCOUNT_ONLY={int(self.count_only)}",
-            f"-DMAX_BLOCKS={self.block_count()}",
-            f"-DCPU_SLOTS={_cpu_slots()}",
+            f"-DMAX_BLOCKS={nblocks}",
+            f"-DCPU_SLOTS={cpu_slots}",
             *_special_syscalls(),
             "-w",  # header-version warnings would land in the user's terminal
         ]
@@ -714,9 +722,8 @@ class Probe:
         self._ncpus = _possible_cpus()  # as the map was sized in stats_prealloc
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         try:
-            if self.block_count():
-                self._blocks = _Blocks(self._bpf, self.block_count(), _cpu_slots(),
-                                       self._live_block)
+            if nblocks:
+                self._blocks = _Blocks(self._bpf, nblocks, cpu_slots, self._live_block)
             from . import _strace  # noqa: PLC0415 - the signature tables, only when loading
             from .syscalls import table_for  # noqa: PLC0415
 
@@ -731,7 +738,7 @@ class Probe:
         in syscount.h: allocating at insert time loses counts in bursts of new processes).
         Above the budget (many CPUs, a large max_stats) entries are allocated as needed."""
         ncpus = _possible_cpus()
-        per_entry = ((ct.sizeof(StatsVal) + 7) & ~7) * ncpus + ct.sizeof(StatsKey) + 64
+        per_entry = _PER_CPU_STRIDE * ncpus + ct.sizeof(StatsKey) + 64
         return self.limits.max_stats * per_entry <= STATS_PREALLOC_BYTES
 
     def block_count(self) -> int:
@@ -1047,8 +1054,8 @@ class Probe:
 
     def _decode_raw(self, raw: bytes) -> SyscallStats:
         """One stats entry's per-CPU values (as _lookup_batch copies them), summed."""
-        stride = (ct.sizeof(StatsVal) + 7) & ~7
-        return _sum_cpus(StatsVal.from_buffer_copy(raw, c * stride) for c in range(self._ncpus))
+        return _sum_cpus(StatsVal.from_buffer_copy(raw, c * _PER_CPU_STRIDE)
+                         for c in range(self._ncpus))
 
     def _lookup_batch(self) -> list[tuple[StatsKeyT, bytes]]:
         """BPF_MAP_LOOKUP_BATCH over the per-CPU stats map: (tgid, gen, nr) and the raw
@@ -1060,7 +1067,7 @@ class Probe:
         bcc = _import_bcc()
         table = self._bpf[b"stats"]
         chunk = 4096
-        stride = ((ct.sizeof(StatsVal) + 7) & ~7) * self._ncpus
+        stride = _PER_CPU_STRIDE * self._ncpus
         if self._batch_bufs is None:  # reused: ~chunk x CPUs x 160 bytes
             self._batch_bufs = ((StatsKey * chunk)(), (ct.c_uint8 * (stride * chunk))())
         keys, vals = self._batch_bufs
